@@ -1,0 +1,160 @@
+"""ONNX Runtime backend: fp32, fp16 (float16 graph, fp32 I/O, decode tail in fp32) and int8 (static QDQ,
+calibrated, with the groups of convolutions that cost accuracy or speed kept in float)."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from deployzoo.errors import DeployzooError
+from deployzoo.quant import recipes
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.onnx"
+
+
+def providers(device: str | None) -> list[str]:
+    import onnxruntime as ort
+
+    avail = ort.get_available_providers()
+    if device in (None, "auto") or str(device).startswith("cuda"):
+        if "CUDAExecutionProvider" in avail:
+            return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        if device not in (None, "auto"):
+            raise DeployzooError(f"--device {device}: onnxruntime has no CUDA provider here (install onnxruntime-gpu)")
+    return ["CPUExecutionProvider"]
+
+
+class OrtRunner:
+    def __init__(self, path: Path, manifest: dict[str, Any], threads: int | None, device: str | None) -> None:
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            so.intra_op_num_threads = int(threads)
+            so.inter_op_num_threads = 1
+        so.log_severity_level = 3
+        self.manifest = manifest
+        self.providers = providers(device)
+        try:
+            self.session = ort.InferenceSession(str(path), so, providers=self.providers)
+        except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
+            raise DeployzooError(f"{path}: ONNX Runtime cannot load the engine: {str(exc).splitlines()[0][:200]}") from None
+        self.device = "cuda" if self.session.get_providers()[0].startswith("CUDA") else "cpu"
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        outs = self.session.run(None, {self.input_name: np.ascontiguousarray(x, dtype=np.float32)})
+        return dict(zip(self.output_names, outs))
+
+    def peak_memory_bytes(self) -> int | None:
+        return None
+
+
+class OrtBackend:
+    name = "ort"
+    precisions = ("fp32", "fp16", "int8")
+    needs_onnx = True
+
+    def build(self, onnx_path: Path, out_dir: Path, precision: str, meta: dict[str, Any],
+              calib: Any | None) -> dict[str, Any]:
+        dst = out_dir / MODEL_FILE
+        info: dict[str, Any] = {"model_file": MODEL_FILE, "providers": providers(None)}
+        t0 = time.perf_counter()
+        if precision == "fp32":
+            shutil.copyfile(onnx_path, dst)
+        elif precision == "fp16":
+            info["fp16"] = self._fp16(onnx_path, dst)
+        elif precision == "int8":
+            if calib is None:
+                raise DeployzooError("int8 needs calibration images: pass --calib DIR (separate from the evaluation set)")
+            info["quantization"] = self._int8(onnx_path, dst, meta, calib)
+        else:
+            raise DeployzooError(f"backend ort: precision {precision!r} not supported (fp32, fp16, int8)")
+        info["build_seconds"] = round(time.perf_counter() - t0, 2)
+        return info
+
+    def load(self, engine_dir: Path, manifest: dict[str, Any], threads: int | None = None,
+             device: str | None = None) -> OrtRunner:
+        return OrtRunner(Path(engine_dir) / manifest["model_file"], manifest, threads, device)
+
+    # ------------------------------------------------------------------ fp16
+    @staticmethod
+    def _fp16(src: Path, dst: Path) -> dict[str, Any]:
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+
+        model = onnx.load(str(src))
+        recipes.name_nodes(model)
+        keep = recipes.tail_nodes(model)
+        m16 = convert_float_to_float16(model, keep_io_types=True, node_block_list=keep, disable_shape_infer=False)
+        onnx.save(m16, str(dst))
+        return {"fp32_nodes": len(keep), "rule": "post-head decode tail kept fp32; inputs/outputs fp32"}
+
+    # ------------------------------------------------------------------ int8
+    @staticmethod
+    def _int8(src: Path, dst: Path, meta: dict[str, Any], calib: Any) -> dict[str, Any]:
+        from onnxruntime.quantization import (
+            CalibrationMethod,
+            QuantFormat,
+            QuantType,
+            quantize_static,
+        )
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        from deployzoo.quant.calib import CalibReader
+        from deployzoo.registry import get_model, get_task
+
+        spec = get_model(meta["model"])
+        recipe = spec.int8_recipe.get(meta["variant"], {})
+        groups = meta.get("int8_float_groups")
+        groups = tuple(recipe.get("float_groups", ()) if groups is None else groups)
+        op_types = list(meta.get("int8_op_types") or recipe.get("op_types", ("Conv",)))
+        pre = dst.with_name("pre_quant.onnx")
+        try:
+            quant_pre_process(str(src), str(pre), skip_symbolic_shape=False)
+        except Exception as exc:  # noqa: BLE001 - fall back to the plain graph if the pre-pass fails
+            log.warning("quantization pre-processing failed (%s); quantizing the exported graph as is", exc)
+            shutil.copyfile(src, pre)
+        model = onnx.load(str(pre))
+        recipes.name_nodes(model)
+        onnx.save(model, str(pre))
+        kept = recipes.float_nodes(model, groups)
+        exclude = sorted({n for names in kept.values() for n in names} | set(recipes.tail_nodes(model)))
+        task = get_task(meta["task"])
+        batch = 1 if meta["batch"]["dynamic"] else meta["batch"]["size"]
+        reader = CalibReader(calib, task, meta["input"], meta["input"]["name"], batch)
+        method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                  "percentile": CalibrationMethod.Percentile}[calib.method]
+        quantize_static(
+            str(pre), str(dst), reader,
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            reduce_range=bool(meta.get("int8_reduce_range", True)),
+            calibrate_method=method,
+            op_types_to_quantize=op_types,
+            nodes_to_exclude=exclude,
+            extra_options={"CalibMovingAverage": False, "ActivationSymmetric": False},
+        )
+        pre.unlink(missing_ok=True)
+        if reader.used == 0:
+            raise DeployzooError(f"{calib.root}: no readable calibration image")
+        convs = sum(1 for n in model.graph.node if n.op_type == "Conv")
+        float_convs = sorted({n for names in kept.values() for n in names})
+        return {
+            "format": "QDQ", "activations": "uint8 per-tensor asymmetric", "weights": "int8 per-channel symmetric",
+            "op_types": op_types, "float_groups": list(groups),
+            "float_convs": {g: len(v) for g, v in kept.items()},
+            "int8_convs": convs - len(float_convs), "total_convs": convs,
+            "calibration_images_used": reader.used,
+        }

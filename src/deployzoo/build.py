@@ -1,0 +1,84 @@
+"""`deployzoo build`: exported graph + backend + precision (+ calibration) -> engine directory."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from deployzoo.checkpoint import file_sha256
+from deployzoo.engine import FORMAT, MANIFEST, RANDOM_WEIGHTS_WARNING, atomic_dir, now_iso, versions, write_json
+from deployzoo.errors import DeployzooError
+from deployzoo.export import read_onnx_meta
+from deployzoo.quant.calib import CalibSet, make_calib_set
+from deployzoo.registry import canonical_precision, get_backend
+
+log = logging.getLogger(__name__)
+
+
+def build_engine(
+    onnx_path: str | Path,
+    out_dir: str | Path,
+    *,
+    backend: str = "ort",
+    precision: str = "fp32",
+    calib: str | Path | CalibSet | None = None,
+    calib_size: int = 64,
+    calib_method: str = "minmax",
+    post: dict[str, Any] | None = None,
+    float_groups: tuple[str, ...] | None = None,
+) -> Path:
+    onnx_path = Path(onnx_path)
+    precision = canonical_precision(precision)
+    be = get_backend(backend)
+    if precision not in be.precisions:
+        raise DeployzooError(f"backend {backend}: precision {precision} not supported here (choose {', '.join(be.precisions)})")
+    meta = read_onnx_meta(onnx_path)
+    if float_groups is not None:
+        meta["int8_float_groups"] = list(float_groups)
+    postproc = dict(meta["postprocess"])
+    for k, v in (post or {}).items():
+        if v is not None:
+            postproc[k] = v
+    _check_post(postproc)
+    cs: CalibSet | None = None
+    if precision == "int8":
+        if calib is None:
+            raise DeployzooError("int8 needs calibration images: pass --calib DIR (separate from the evaluation set)")
+        cs = calib if isinstance(calib, CalibSet) else make_calib_set(calib, calib_size, calib_method)
+    elif calib is not None:
+        log.info("--calib ignored for precision %s", precision)
+    out_dir = Path(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        info = be.build(onnx_path, tmp, precision, meta, cs)
+        warnings = [RANDOM_WEIGHTS_WARNING] if meta["weights"].get("random") else []
+        manifest = {
+            "format": FORMAT,
+            "model": meta["model"],
+            "variant": meta["variant"],
+            "task": meta["task"],
+            "backend": be.name,
+            "precision": precision,
+            "input": meta["input"],
+            "batch": meta["batch"],
+            "outputs": meta["outputs"],
+            "postprocess": postproc,
+            "calibration": cs.describe() if cs else None,
+            "weights": meta["weights"],
+            "source_graph": {"path": str(onnx_path.resolve()), "sha256": file_sha256(onnx_path), **meta["export"]},
+            "warnings": warnings,
+            "created": now_iso(),
+            "versions": versions(),
+            **info,
+        }
+        write_json(tmp / MANIFEST, manifest)
+    return out_dir
+
+
+def _check_post(post: dict[str, Any]) -> None:
+    if not 0.0 <= float(post.get("conf", 0)) < 1.0:
+        raise DeployzooError(f"--conf {post['conf']}: must be in [0, 1)")
+    if "iou" in post and not 0.0 < float(post["iou"]) <= 1.0:
+        raise DeployzooError(f"--iou {post['iou']}: must be in (0, 1]")
+    if int(post.get("max_det", 1)) < 1:
+        raise DeployzooError(f"--max-det {post['max_det']}: must be >= 1")

@@ -1,0 +1,69 @@
+"""Content-hashed engine cache: the same model, weights, shapes, backend, precision and calibration set build once."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from deployzoo import __version__
+from deployzoo.build import build_engine
+from deployzoo.checkpoint import file_sha256
+from deployzoo.engine import MANIFEST
+from deployzoo.export import export_onnx, parse_imgsz
+from deployzoo.quant.calib import CalibSet, make_calib_set
+from deployzoo.registry import canonical_precision, get_model
+
+log = logging.getLogger(__name__)
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("DEPLOYZOO_CACHE", Path.home() / ".cache" / "deployzoo")).expanduser()
+
+
+def _key(obj: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def ensure_engine(
+    model: str,
+    *,
+    variant: str | None = None,
+    weights: str | Path | None = None,
+    backend: str = "ort",
+    precision: str = "fp32",
+    imgsz: Any = None,
+    batch: int | None = None,
+    calib: str | Path | CalibSet | None = None,
+    calib_size: int = 64,
+    calib_method: str = "minmax",
+    cache_dir: str | Path | None = None,
+    seed: int = 0,
+    float_groups: tuple[str, ...] | None = None,
+) -> Path:
+    """Export (if needed) and build (if needed) an engine; return its directory."""
+    spec = get_model(model)
+    variant = spec.check_variant(variant)
+    imgsz = parse_imgsz(imgsz if imgsz is not None else spec.default_imgsz[variant])
+    precision = canonical_precision(precision)
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    wid = {"sha256": file_sha256(weights)} if weights else {"random_seed": seed}
+    graph_id = {"v": __version__, "model": spec.name, "variant": variant, "weights": wid, "imgsz": imgsz, "batch": batch}
+    onnx_path = cache / "onnx" / f"{spec.name}-{variant}-{_key(graph_id)[:16]}.onnx"
+    if not onnx_path.is_file():
+        log.info("exporting %s %s -> %s", spec.name, variant, onnx_path)
+        export_onnx(spec.name, onnx_path, variant=variant, weights=weights, imgsz=imgsz, batch=batch, seed=seed)
+    cs = None
+    if precision == "int8" and calib is not None:
+        cs = calib if isinstance(calib, CalibSet) else make_calib_set(calib, calib_size, calib_method)
+    eng_id = {**graph_id, "backend": backend, "precision": precision, "calib": cs.describe() if cs else None,
+              "float_groups": float_groups}
+    eng = cache / "engines" / f"{spec.name}-{variant}-{backend}-{precision}-{_key(eng_id)[:16]}"
+    if (eng / MANIFEST).is_file():
+        log.info("cached engine %s", eng)
+        return eng
+    log.info("building %s %s %s -> %s", spec.name, backend, precision, eng)
+    return build_engine(onnx_path, eng, backend=backend, precision=precision, calib=cs, float_groups=float_groups)

@@ -1,0 +1,292 @@
+"""Command line: one command per stage; each parses arguments and calls the stage's function."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from deployzoo.errors import DeployzooError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Trained PyTorch model -> exported, built, scored and benchmarked inference engine.")
+eval_app = typer.Typer(no_args_is_help=True, help="Score predictions with a dataset's official protocol.")
+app.add_typer(eval_app, name="eval")
+
+log = logging.getLogger("deployzoo")
+
+
+def _ints(text: str, what: str) -> tuple[int, ...]:
+    try:
+        vals = tuple(int(v) for v in re.split(r"[,\s]+", text.strip()) if v)
+    except ValueError:
+        raise DeployzooError(f"{what}: expected comma-separated integers, got {text!r}") from None
+    if not vals or min(vals) < 1:
+        raise DeployzooError(f"{what}: expected positive integers, got {text!r}")
+    return vals
+
+
+def _echo_json(obj: object) -> None:
+    typer.echo(json.dumps(obj, indent=2, default=str))
+
+
+@app.callback()
+def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging.")) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for noisy in ("matplotlib", "PIL", "onnxscript", "onnx_ir", "torch"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+@app.command()
+def models() -> None:
+    """List models, variants, tasks, default input sizes and official weight sources."""
+    from deployzoo.registry import backend_names, get_model, model_names
+    from deployzoo.report import md_table
+
+    rows = []
+    for name in model_names():
+        s = get_model(name)
+        for v in s.variants:
+            size = s.default_imgsz[v]
+            rows.append([name, v + (" (default)" if v == s.default_variant else ""), s.task,
+                         size if isinstance(size, str) else "x".join(map(str, size)),
+                         "x".join(map(str, s.seed_imgsz.get(v, []))) or "-", s.weights.get(v, "-")])
+    typer.echo(md_table(["model", "variant", "task", "default input", "seed input", "official weights"], rows))
+    typer.echo(f"\nbackends: {', '.join(backend_names())}; precisions: fp32, fp16, int8 "
+               "(aliases force_float32, force_float16, qint8_mixed_float16)")
+
+
+@app.command()
+def export(
+    model: str = typer.Argument(..., help="Model name (see `deployzoo models`)."),
+    output: Path = typer.Option(..., "-o", "--output", help="ONNX file to write."),
+    variant: Optional[str] = typer.Option(None, help="Model variant."),
+    weights: Optional[Path] = typer.Option(None, help="Checkpoint (official layout). None: random init."),
+    imgsz: Optional[str] = typer.Option(None, help="'origin' (dynamic H x W) or 'H W' / HxW."),
+    batch: int = typer.Option(1, help="Fixed batch size."),
+    dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="Dynamic batch axis."),
+    opset: int = typer.Option(17, help="ONNX opset (>= 17)."),
+    exporter: str = typer.Option("torchscript", help="torchscript (fast) or dynamo."),
+) -> None:
+    """Export a model to ONNX and print the ORT-vs-PyTorch max abs difference."""
+    from deployzoo.export import export_onnx
+
+    r = export_onnx(model, output, variant=variant, weights=weights, imgsz=imgsz, batch=None if dynamic_batch else batch,
+                    opset=opset, exporter=exporter)
+    typer.echo(f"wrote {r.path} (onnx.checker passed)")
+    typer.echo("ORT vs PyTorch max abs diff: " + ", ".join(f"{k} {v:.3g}" for k, v in r.max_abs_diff.items()))
+    if r.meta["weights"]["random"]:
+        typer.echo("WARNING: random weights: accuracy not meaningful", err=True)
+
+
+@app.command()
+def build(
+    onnx_path: Path = typer.Argument(..., help="ONNX file from `deployzoo export`."),
+    output: Path = typer.Option(..., "-o", "--output", help="Engine directory to write."),
+    backend: str = typer.Option("ort", help="ort | torch."),
+    precision: str = typer.Option("fp32", help="fp32 | fp16 | int8 (or the seed names)."),
+    calib: Optional[Path] = typer.Option(None, help="Calibration images (int8), separate from the evaluation set."),
+    calib_size: int = typer.Option(64, help="Number of calibration images."),
+    calib_method: str = typer.Option("minmax", help="minmax | entropy | percentile."),
+    conf: Optional[float] = typer.Option(None, help="Score threshold (default 0.02)."),
+    iou: Optional[float] = typer.Option(None, help="NMS IoU threshold (default 0.4)."),
+    max_det: Optional[int] = typer.Option(None, help="Detections kept per image after NMS (default 750)."),
+    top_k: Optional[int] = typer.Option(None, help="Candidates kept before NMS (default 5000)."),
+) -> None:
+    """Build an engine directory (model file + manifest.json) at a precision."""
+    from deployzoo.build import build_engine
+
+    out = build_engine(onnx_path, output, backend=backend, precision=precision, calib=calib, calib_size=calib_size,
+                       calib_method=calib_method, post={"conf": conf, "iou": iou, "max_det": max_det, "top_k": top_k})
+    typer.echo(f"wrote engine {out}")
+
+
+@app.command()
+def predict(
+    engine: str = typer.Argument(..., help="Engine directory, or a model name to build (cached) and run."),
+    source: Path = typer.Option(..., help="Image DIR, FILE, LIST (.txt) or WIDER FACE root."),
+    output: Path = typer.Option(..., "-o", "--output", help="Output directory."),
+    batch: Optional[int] = typer.Option(None, help="Batch size (default: 1, or the engine's fixed batch)."),
+    fmt: list[str] = typer.Option(["jsonl"], "--format", help="jsonl (always written) and/or widerface."),
+    save_img: bool = typer.Option(False, "--save-img", help="Render predictions into OUT/vis/."),
+    resume: bool = typer.Option(False, help="Continue an interrupted run, skipping images already written."),
+    overwrite: bool = typer.Option(False, help="Replace existing predictions."),
+    threads: Optional[int] = typer.Option(None, help="Runtime threads."),
+    device: Optional[str] = typer.Option(None, help="cpu | cuda:N."),
+    variant: Optional[str] = typer.Option(None, help="[model name] variant."),
+    weights: Optional[Path] = typer.Option(None, help="[model name] checkpoint."),
+    backend: str = typer.Option("ort", help="[model name] backend."),
+    precision: str = typer.Option("fp32", help="[model name] precision."),
+    imgsz: Optional[str] = typer.Option(None, help="[model name] 'origin' or 'H W'."),
+    dynamic_batch: bool = typer.Option(True, help="[model name] dynamic batch engine."),
+    calib: Optional[Path] = typer.Option(None, help="[model name] int8 calibration images."),
+    calib_size: int = typer.Option(64, help="[model name] calibration images used."),
+    calib_method: str = typer.Option("minmax", help="[model name] minmax | entropy | percentile."),
+    conf: Optional[float] = typer.Option(None, help="Score threshold override."),
+    iou: Optional[float] = typer.Option(None, help="NMS IoU override."),
+    max_det: Optional[int] = typer.Option(None, help="Max detections override."),
+) -> None:
+    """Run an engine (or a model, built on the fly) over images; write OUT/predictions.jsonl."""
+    from deployzoo.cache import ensure_engine
+    from deployzoo.predict import predict as run_predict
+    from deployzoo.registry import model_names
+
+    formats = tuple(dict.fromkeys(["jsonl", *[f.strip() for x in fmt for f in x.split(",") if f.strip()]]))
+    if not Path(engine).exists() and engine.lower() in model_names():
+        engine_dir = ensure_engine(engine, variant=variant, weights=weights, backend=backend, precision=precision,
+                                   imgsz=imgsz, batch=None if dynamic_batch else (batch or 1), calib=calib,
+                                   calib_size=calib_size, calib_method=calib_method)
+        typer.echo(f"engine: {engine_dir}", err=True)
+    else:
+        engine_dir = Path(engine)
+    s = run_predict(engine_dir, source, output, batch=batch, formats=formats, save_img=save_img, resume=resume,
+                    overwrite=overwrite, threads=threads, device=device,
+                    post={"conf": conf, "iou": iou, "max_det": max_det})
+    typer.echo(f"{s.written} images predicted ({s.resumed} already done, {s.skipped} skipped as unreadable) "
+               f"in {s.seconds:.1f}s -> {s.out_dir}/predictions.jsonl")
+    for w in s.warnings:
+        typer.echo(f"WARNING: {w}", err=True)
+
+
+@eval_app.command("widerface")
+def eval_widerface(
+    pred: Path = typer.Option(..., help="Prediction dir in the WIDER layout (predict --format widerface)."),
+    gt: Path = typer.Option(..., help="Directory with wider_face_val.mat and wider_{easy,medium,hard}_val.mat."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write {easy, medium, hard} AP here."),
+    plot: Optional[Path] = typer.Option(None, help="PR-curve PNG."),
+    iou: float = typer.Option(0.5, help="IoU threshold (official 0.5)."),
+) -> None:
+    """Official WIDER FACE Easy / Medium / Hard AP."""
+    from deployzoo.engine import write_json
+    from deployzoo.metrics.widerface import evaluate, plot_pr
+
+    res = evaluate(pred, gt, iou_thresh=iou)
+    ap = res.to_json()
+    typer.echo("\n".join(f"{k.capitalize():6s} Val AP: {v:.4f}" for k, v in ap.items()))
+    if json_out:
+        write_json(json_out, ap)
+    if plot:
+        plot_pr(res, plot)
+
+
+@app.command()
+def bench(
+    engines: list[Path] = typer.Argument(..., help="One or more engine directories (compared in one run)."),
+    batch: str = typer.Option("1", help="Batch sizes, e.g. 1,4,8."),
+    iters: int = typer.Option(50, help="Timed iterations per batch size."),
+    warmup: int = typer.Option(5, help="Warm-up iterations."),
+    threads: Optional[int] = typer.Option(None, help="Runtime threads (default: runtime's choice)."),
+    device: Optional[str] = typer.Option(None, help="cpu | cuda:N."),
+    imgsz: Optional[str] = typer.Option(None, help="Input H W for original-size engines (default 640 640)."),
+    e2e: bool = typer.Option(False, "--e2e", help="Also time files -> predictions with the stage split."),
+    source: Optional[Path] = typer.Option(None, help="Images for --e2e."),
+    limit: Optional[int] = typer.Option(None, help="At most this many --e2e images."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the full result as JSON."),
+    md_out: Optional[Path] = typer.Option(None, "--md", help="Write the markdown tables."),
+) -> None:
+    """Throughput (img/s) and latency percentiles per batch size; --e2e adds read/pre/infer/post."""
+    from deployzoo.bench import BenchConfig
+    from deployzoo.bench import bench as run_bench
+    from deployzoo.engine import atomic_write_text, write_json
+    from deployzoo.export import parse_imgsz
+    from deployzoo.report import bench_markdown
+
+    if e2e and source is None:
+        raise DeployzooError("--e2e needs --source DIR")
+    hw = parse_imgsz(imgsz) if imgsz else None
+    cfg = BenchConfig(batches=_ints(batch, "--batch"), iters=iters, warmup=warmup, threads=threads, device=device,
+                      imgsz=None if hw in (None, "origin") else tuple(hw), e2e_source=source if e2e else None,
+                      e2e_limit=limit)
+    result = run_bench([str(e) for e in engines], cfg)
+    md = bench_markdown(result)
+    typer.echo(md)
+    if json_out:
+        write_json(json_out, result)
+    if md_out:
+        atomic_write_text(md_out, md)
+
+
+@app.command()
+def run(
+    model: str = typer.Argument(..., help="Model name."),
+    output: Path = typer.Option(..., "-o", "--output", help="Run directory (report.md, report.json, plots)."),
+    variant: Optional[str] = typer.Option(None),
+    weights: Optional[Path] = typer.Option(None, help="Checkpoint; none = random init (accuracy not meaningful)."),
+    precisions: str = typer.Option("fp32,int8", help="Comma-separated precisions."),
+    batches: str = typer.Option("1,4,8", help="Batch sizes to benchmark."),
+    data: str = typer.Option("demo", help="Dataset root (WIDER FACE: WIDER_val/images + ground_truth) or 'demo'."),
+    gt: Optional[Path] = typer.Option(None, help="Ground-truth dir when it is not DATA/ground_truth."),
+    calib: Optional[Path] = typer.Option(None, help="int8 calibration images (default: demo's calib split)."),
+    calib_size: int = typer.Option(64),
+    calib_method: str = typer.Option("minmax"),
+    backend: str = typer.Option("ort", help="Backend of the built engines."),
+    reference: bool = typer.Option(True, help="Also benchmark eager PyTorch (backend torch, fp32) as the peer."),
+    imgsz: Optional[str] = typer.Option(None, help="'origin' (official WIDER protocol) or 'H W'."),
+    bench_imgsz: Optional[str] = typer.Option(None, help="Benchmark input H W for origin-size engines (640 640)."),
+    iters: int = typer.Option(20, help="Benchmark iterations per batch size."),
+    warmup: int = typer.Option(3),
+    threads: Optional[int] = typer.Option(None),
+    demo_images: int = typer.Option(24, help="Images in the generated demo dataset."),
+) -> None:
+    """Export, build per precision, predict + eval, bench per batch; write RUN_DIR/report.md + report.json."""
+    from deployzoo.registry import canonical_precision
+    from deployzoo.run import RunConfig, run_pipeline
+
+    cfg = RunConfig(
+        model=model, out_dir=output, variant=variant, weights=weights,
+        precisions=tuple(canonical_precision(p) for p in precisions.split(",") if p.strip()),
+        batches=_ints(batches, "--batches"), data=data, gt=gt, calib=calib, calib_size=calib_size,
+        calib_method=calib_method, backend=backend, reference=reference, imgsz=imgsz, bench_imgsz=bench_imgsz,
+        iters=iters, warmup=warmup, threads=threads, demo_images=demo_images,
+    )
+    rep = run_pipeline(cfg)
+    typer.echo(rep.markdown)
+    typer.echo(f"report: {rep.path}")
+
+
+_IMGSZ_PAIR = re.compile(r"^\d+$")
+
+
+def _join_imgsz(argv: list[str]) -> list[str]:
+    """Accept `--imgsz H W` (two tokens) as the issue's syntax: join them into one `H,W` value."""
+    out, i = [], 0
+    while i < len(argv):
+        a = argv[i]
+        if a in ("--imgsz", "--bench-imgsz") and i + 2 < len(argv) \
+                and _IMGSZ_PAIR.match(argv[i + 1]) and _IMGSZ_PAIR.match(argv[i + 2]):
+            out += [a, f"{argv[i + 1]},{argv[i + 2]}"]
+            i += 3
+            continue
+        out.append(a)
+        i += 1
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _join_imgsz(list(sys.argv[1:] if argv is None else argv))
+    try:
+        app(args=args, prog_name="deployzoo", standalone_mode=False)
+    except DeployzooError as exc:
+        typer.echo(f"deployzoo: error: {exc}", err=True)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        typer.echo("deployzoo: interrupted (finished work is kept; use --resume)", err=True)
+        raise SystemExit(130) from None
+    except (typer.Exit, SystemExit) as exc:
+        code = getattr(exc, "exit_code", getattr(exc, "code", 0))
+        raise SystemExit(code) from None
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            raise SystemExit(exc.exit_code) from None
+        if isinstance(exc, click.exceptions.Abort):
+            raise SystemExit(1) from None
+        raise

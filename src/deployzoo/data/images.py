@@ -1,0 +1,113 @@
+"""Robust image reading and source enumeration shared by every task."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from deployzoo.errors import DeployzooError
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+LIST_EXTS = {".txt", ".lst", ".list"}
+
+
+class ImageError(DeployzooError):
+    """An image that cannot be used; predict skips it and counts it."""
+
+
+def read_image(path: str | Path, color: str = "BGR") -> np.ndarray:
+    """Read any common image as H x W x 3 uint8 in `color` order (BGR or RGB).
+
+    Grayscale is replicated to 3 channels, alpha is dropped, 16-bit is scaled to 8-bit. Empty, truncated and
+    undecodable files raise ImageError naming the file.
+    """
+    p = Path(path)
+    try:
+        data = np.fromfile(p, dtype=np.uint8)
+    except OSError as exc:
+        raise ImageError(f"{p}: cannot read file ({exc.strerror or exc})") from None
+    if data.size == 0:
+        raise ImageError(f"{p}: empty file (0 bytes)")
+    if data.size >= 2 and data[0] == 0xFF and data[1] == 0xD8:
+        tail = data[-65536:].tobytes()
+        if b"\xff\xd9" not in tail:
+            raise ImageError(f"{p}: truncated JPEG (no end-of-image marker)")
+    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if img is None or img.size == 0:
+        raise ImageError(f"{p}: not a decodable image")
+    if img.dtype == np.uint16:
+        img = (img >> 8).astype(np.uint8)
+    elif img.dtype != np.uint8:
+        img = np.clip(img.astype(np.float64) * (255.0 if img.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8)
+    if img.ndim == 2:
+        img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+    elif img.shape[2] == 2:
+        img = cv2.cvtColor(np.ascontiguousarray(img[:, :, 0]), cv2.COLOR_GRAY2BGR)
+    elif img.shape[2] == 4:
+        img = cv2.cvtColor(img, cv2.COLOR_BGRA2BGR)
+    if color.upper() == "RGB":
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    return np.ascontiguousarray(img)
+
+
+@dataclass(frozen=True)
+class SourceItem:
+    path: Path  # where to read it
+    name: str  # the key written to predictions (relative to the source, '/' separated)
+
+
+def wider_images_dir(root: Path) -> Path | None:
+    for cand in (root / "WIDER_val" / "images", root / "val" / "images", root / "images"):
+        if cand.is_dir() and any(c.is_dir() for c in cand.iterdir()):
+            return cand
+    return None
+
+
+def list_source(source: str | Path) -> tuple[Path, list[SourceItem]]:
+    """Enumerate a DIR (recursive), a WIDER FACE root, a single image FILE or a LIST file of paths."""
+    src = Path(source)
+    if not src.exists():
+        raise DeployzooError(f"{src}: source not found")
+    if src.is_dir():
+        root = wider_images_dir(src) or src
+        files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
+        items = [SourceItem(p, p.relative_to(root).as_posix()) for p in files]
+        if not items:
+            raise DeployzooError(f"{src}: no images found (extensions {', '.join(sorted(IMAGE_EXTS))})")
+        return root, items
+    if src.suffix.lower() in LIST_EXTS:
+        return _list_file(src)
+    return src.parent, [SourceItem(src, src.name)]
+
+
+def _list_file(lst: Path) -> tuple[Path, list[SourceItem]]:
+    base = lst.parent
+    wider = wider_images_dir(base)
+    items: list[SourceItem] = []
+    try:
+        lines = lst.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise DeployzooError(f"{lst}: list file is not UTF-8 text") from None
+    for line in lines:
+        entry = line.strip()
+        if not entry or entry.startswith("#"):
+            continue
+        entry = entry.split()[0]
+        p = Path(entry)
+        if not p.is_absolute() or not p.exists():
+            rel = entry.lstrip("/")
+            p = base / rel
+            if not p.exists() and wider is not None and (wider / rel).exists():
+                p = wider / rel
+            items.append(SourceItem(p, rel))
+        else:
+            items.append(SourceItem(p, p.name))
+    if not items:
+        raise DeployzooError(f"{lst}: list file names no images")
+    return base, items

@@ -1,0 +1,137 @@
+"""Engine artifacts: a directory with the runtime's model file and a manifest.json that says everything needed
+to run it (model, task, input spec, precision, batch range, post-processing, calibration, weights, versions)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import shutil
+import tempfile
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from deployzoo.errors import DeployzooError
+
+MANIFEST = "manifest.json"
+FORMAT = "deployzoo-engine/1"
+RANDOM_WEIGHTS_WARNING = "random weights: accuracy not meaningful"
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    for mod in ("deployzoo", "torch", "torchvision", "onnx", "onnxruntime", "numpy", "cv2"):
+        try:
+            m = __import__(mod)
+            out[mod] = str(getattr(m, "__version__", "?"))
+        except Exception:  # noqa: BLE001 - a missing optional package is recorded as absent
+            out[mod] = "absent"
+    return out
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    import psutil
+
+    return {
+        "cpu": cpu,
+        "cores_logical": os.cpu_count(),
+        "affinity_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+    }
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+@contextmanager
+def atomic_dir(final: str | Path) -> Iterator[Path]:
+    """Yield a temporary directory beside `final`; on success it replaces `final` in one rename."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        yield tmp
+        if final.exists():
+            old = final.with_name(f".{final.name}.old-{os.getpid()}")
+            final.rename(old)
+            tmp.rename(final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def atomic_write_file(path: str | Path, writer: Callable[[Path], Any]) -> None:
+    """Call writer(tmp_path) then rename onto `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        writer(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def read_manifest(engine_dir: str | Path) -> dict[str, Any]:
+    d = Path(engine_dir)
+    m = d / MANIFEST
+    if not d.is_dir():
+        raise DeployzooError(f"{d}: not an engine directory (build one with `deployzoo build`)")
+    if not m.is_file():
+        raise DeployzooError(f"{d}: no {MANIFEST} in the engine directory")
+    try:
+        data = json.loads(m.read_text())
+    except json.JSONDecodeError as exc:
+        raise DeployzooError(f"{m}: malformed manifest ({exc.msg} at line {exc.lineno})") from None
+    if data.get("format") != FORMAT:
+        raise DeployzooError(f"{m}: unknown engine format {data.get('format')!r} (expected {FORMAT})")
+    for key in ("model", "task", "backend", "precision", "model_file", "input", "batch"):
+        if key not in data:
+            raise DeployzooError(f"{m}: manifest misses key {key!r}")
+    return data
+
+
+def batch_allows(manifest: dict[str, Any], n: int) -> bool:
+    b = manifest["batch"]
+    if b.get("dynamic"):
+        return b.get("min", 1) <= n <= b.get("max", 1 << 30)
+    return n == b["size"]
+
+
+def check_batch(manifest: dict[str, Any], n: int, where: str | Path) -> None:
+    if batch_allows(manifest, n):
+        return
+    b = manifest["batch"]
+    allowed = f"{b.get('min', 1)}..{b.get('max')}" if b.get("dynamic") else f"exactly {b['size']} (fixed-batch engine)"
+    raise DeployzooError(f"{where}: batch {n} not supported by this engine: batch must be {allowed}")

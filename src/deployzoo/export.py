@@ -1,0 +1,213 @@
+"""Export a registered model to ONNX (fixed or dynamic batch, dynamic H x W for original-size input), check it
+with onnx.checker, and measure ONNX Runtime against eager PyTorch on the same input."""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+
+from deployzoo.checkpoint import file_sha256
+from deployzoo.engine import RANDOM_WEIGHTS_WARNING, atomic_write_file, now_iso, versions
+from deployzoo.errors import DeployzooError
+from deployzoo.registry import ModelSpec, get_model
+
+log = logging.getLogger(__name__)
+
+META_KEY = "deployzoo"
+DEFAULT_OPSET = 17
+DYNAMIC_MAX_BATCH = 64
+ORIGIN_PROBE_HW = (480, 640)
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    meta: dict[str, Any]
+    max_abs_diff: dict[str, float]
+
+
+def parse_imgsz(imgsz: Any) -> Any:
+    """'origin' | [H, W] | 'H W' | 'HxW' | int -> 'origin' or [H, W]."""
+    if imgsz is None or imgsz == "origin" or imgsz == ["origin"]:
+        return "origin"
+    if isinstance(imgsz, (list, tuple)):
+        vals = [str(v) for v in imgsz]
+        if len(vals) == 1:
+            return parse_imgsz(vals[0])
+    else:
+        vals = str(imgsz).lower().replace("x", " ").replace(",", " ").split()
+        if vals == ["origin"]:
+            return "origin"
+    try:
+        nums = [int(v) for v in vals]
+    except ValueError:
+        raise DeployzooError(f"--imgsz: expected 'origin' or H W, got {imgsz!r}") from None
+    if len(nums) == 1:
+        nums = nums * 2
+    if len(nums) != 2 or min(nums) < 32:
+        raise DeployzooError(f"--imgsz: expected 'origin' or H W with both >= 32, got {imgsz!r}")
+    return nums
+
+
+def weights_info(weights: str | Path | None, seed: int) -> dict[str, Any]:
+    if weights is None:
+        return {"path": None, "sha256": None, "random": True, "seed": seed}
+    p = Path(weights)
+    return {"path": str(p.resolve()), "sha256": file_sha256(p), "random": False, "seed": None}
+
+
+def build_deploy_module(spec: ModelSpec, variant: str, weights: str | Path | None, seed: int = 0) -> torch.nn.Module:
+    if weights is None:
+        log.warning("%s %s: no --weights given, using random init (%s)", spec.name, variant, RANDOM_WEIGHTS_WARNING)
+        torch.manual_seed(seed)
+    net = spec.build(variant, weights)
+    return spec.deploy(net).eval()
+
+
+def probe_input(imgsz: Any, batch: int, seed: int = 0) -> torch.Tensor:
+    h, w = ORIGIN_PROBE_HW if imgsz == "origin" else imgsz
+    g = torch.Generator().manual_seed(seed)
+    # values in the range of mean-subtracted 8-bit pixels
+    return torch.rand(batch, 3, h, w, generator=g) * 255.0 - 120.0
+
+
+def export_onnx(
+    model: str,
+    out: str | Path,
+    *,
+    variant: str | None = None,
+    weights: str | Path | None = None,
+    imgsz: Any = None,
+    batch: int | None = 1,
+    opset: int = DEFAULT_OPSET,
+    exporter: str = "torchscript",
+    seed: int = 0,
+    check_parity: bool = True,
+) -> ExportResult:
+    """Export to ONNX. `batch=None` gives a dynamic batch axis (1..64 advertised); `imgsz='origin'` dynamic H, W."""
+    spec = get_model(model)
+    variant = spec.check_variant(variant)
+    imgsz = parse_imgsz(imgsz if imgsz is not None else spec.default_imgsz[variant])
+    if opset < 17:
+        raise DeployzooError(f"--opset {opset}: deployzoo exports opset >= 17")
+    if batch is not None and batch < 1:
+        raise DeployzooError(f"--batch {batch}: must be >= 1")
+    module = build_deploy_module(spec, variant, weights, seed)
+    x = probe_input(imgsz, batch or 1, seed)
+    out = Path(out)
+    in_name = "images"
+    dyn_axes: dict[str, dict[int, str]] = {in_name: {}}
+    if batch is None:
+        dyn_axes[in_name][0] = "batch"
+    if imgsz == "origin":
+        dyn_axes[in_name].update({2: "height", 3: "width"})
+    for name in spec.output_names:
+        dyn_axes[name] = ({0: "batch"} if batch is None else {}) | ({1: "anchors"} if imgsz == "origin" else {})
+    meta = {
+        "model": spec.name,
+        "variant": variant,
+        "task": spec.task,
+        "input": dict(spec.input, name=in_name, imgsz=imgsz, dtype="float32"),
+        "batch": {"dynamic": True, "min": 1, "max": DYNAMIC_MAX_BATCH} if batch is None else {"dynamic": False, "size": batch},
+        "outputs": list(spec.output_names),
+        "postprocess": dict(spec.post),
+        "weights": weights_info(weights, seed),
+        "export": {"opset": opset, "exporter": exporter, "created": now_iso(), "versions": versions()},
+    }
+
+    def _write(tmp: Path) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if exporter == "torchscript":
+                torch.onnx.export(
+                    module, (x,), str(tmp), input_names=[in_name], output_names=list(spec.output_names),
+                    opset_version=opset, dynamic_axes={k: v for k, v in dyn_axes.items() if v}, dynamo=False,
+                )
+            elif exporter == "dynamo":
+                shapes = {}
+                if batch is None:
+                    shapes[0] = torch.export.Dim("batch", min=1, max=DYNAMIC_MAX_BATCH)
+                if imgsz == "origin":
+                    shapes.update({2: torch.export.Dim.DYNAMIC, 3: torch.export.Dim.DYNAMIC})
+                prog = torch.onnx.export(
+                    module, (x,), input_names=[in_name], output_names=list(spec.output_names),
+                    opset_version=max(opset, 18), dynamic_shapes=({"x": shapes} if shapes else None), dynamo=True,
+                )
+                prog.save(str(tmp))
+            else:
+                raise DeployzooError(f"--exporter {exporter!r}: choose torchscript or dynamo")
+        m = onnx.load(str(tmp))
+        meta["export"]["rewrites"] = simplify_activations(m)
+        m.metadata_props.append(onnx.StringStringEntryProto(key=META_KEY, value=json.dumps(meta)))
+        onnx.checker.check_model(m, full_check=True)
+        onnx.save(m, str(tmp))
+
+    atomic_write_file(out, _write)
+    diffs: dict[str, float] = {}
+    if check_parity:
+        diffs = ort_vs_torch(out, module, imgsz, batch)
+    meta["export"]["ort_vs_torch_max_abs_diff"] = diffs
+    return ExportResult(out, meta, diffs)
+
+
+def simplify_activations(model: onnx.ModelProto) -> dict[str, int]:
+    """Graph rewrite, model code untouched: LeakyRelu with alpha 0 (the official RetinaFace-R50 writes
+    `LeakyReLU(negative_slope=0)`) is exactly Relu, which runtimes fuse into the preceding (quantized) Conv."""
+    n = 0
+    for node in model.graph.node:
+        if node.op_type == "LeakyRelu":
+            alpha = next((a.f for a in node.attribute if a.name == "alpha"), 0.01)
+            if alpha == 0.0:
+                node.op_type = "Relu"
+                del node.attribute[:]
+                n += 1
+    return {"leakyrelu0_to_relu": n}
+
+
+def ort_vs_torch(onnx_path: str | Path, module: torch.nn.Module, imgsz: Any, batch: int | None) -> dict[str, float]:
+    """Max abs difference per output, ONNX Runtime (CPU) vs eager PyTorch, on random inputs (two sizes when
+    the input size is dynamic, two batch sizes when the batch is)."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    probes = [probe_input(imgsz, batch or 1, 1)]
+    if imgsz == "origin":
+        probes.append(probe_input([333, 517], batch or 2, 2))
+    elif batch is None:
+        probes.append(probe_input(imgsz, 2, 2))
+    names = [o.name for o in sess.get_outputs()]
+    diffs: dict[str, float] = {n: 0.0 for n in names}
+    for x in probes:
+        got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
+        with torch.no_grad():
+            ref = module(x)
+        for n, a, b in zip(names, got, ref):
+            b = b.numpy()
+            fa, fb = np.isfinite(a), np.isfinite(b)
+            if not np.array_equal(fa, fb):
+                diffs[n] = float("inf")  # one side overflowed where the other did not
+            elif fa.any():
+                diffs[n] = max(diffs[n], float(np.abs(a[fa] - b[fa]).max()))
+    return diffs
+
+
+def read_onnx_meta(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise DeployzooError(f"{p}: ONNX file not found")
+    try:
+        m = onnx.load(str(p), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - onnx raises DecodeError and others
+        raise DeployzooError(f"{p}: not a readable ONNX model ({type(exc).__name__})") from None
+    for prop in m.metadata_props:
+        if prop.key == META_KEY:
+            return json.loads(prop.value)
+    raise DeployzooError(f"{p}: ONNX file was not exported by deployzoo (no '{META_KEY}' metadata); use `deployzoo export`")

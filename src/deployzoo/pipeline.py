@@ -1,0 +1,131 @@
+"""The streaming inference pipeline shared by predict and bench --e2e: images are read and pre-processed in a
+thread pool (bounded prefetch), batched, run through the engine, post-processed, handed to a sink."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deployzoo.data.images import ImageError, SourceItem, read_image
+from deployzoo.engine import check_batch, read_manifest
+from deployzoo.registry import get_backend, get_task
+from deployzoo.tasks.base import Prepared
+
+log = logging.getLogger(__name__)
+
+STAGES = ("read", "pre", "infer", "post")
+
+
+@dataclass
+class StageTimes:
+    """Seconds spent per stage, summed over calls. read/pre run in worker threads (their sums can exceed wall)."""
+
+    seconds: dict[str, float] = field(default_factory=lambda: {s: 0.0 for s in STAGES})
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, stage: str, dt: float) -> None:
+        with self.lock:
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + dt
+
+
+@dataclass
+class Loaded:
+    engine_dir: Path
+    manifest: dict[str, Any]
+    runner: Any
+    task: Any
+
+
+def load_engine(engine_dir: str | Path, threads: int | None = None, device: str | None = None) -> Loaded:
+    engine_dir = Path(engine_dir)
+    m = read_manifest(engine_dir)
+    runner = get_backend(m["backend"]).load(engine_dir, m, threads=threads, device=device)
+    return Loaded(engine_dir, m, runner, get_task(m["task"]))
+
+
+def _load_one(item: SourceItem, task: Any, spec: dict[str, Any], times: StageTimes) -> tuple[SourceItem, Any, Any]:
+    t0 = time.perf_counter()
+    try:
+        img = read_image(item.path, spec.get("color", "BGR"))
+    except ImageError as exc:
+        return item, None, str(exc)
+    t1 = time.perf_counter()
+    prep = task.prepare(img, spec)
+    times.add("read", t1 - t0)
+    times.add("pre", time.perf_counter() - t1)
+    return item, (img, prep), None
+
+
+def prefetch(items: Iterable[SourceItem], task: Any, spec: dict[str, Any], times: StageTimes,
+             workers: int = 4, depth: int = 16) -> Iterator[tuple[SourceItem, Any, Any]]:
+    """Decode + pre-process in a thread pool, at most `depth` images in flight, in source order."""
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="dz-read") as pool:
+        pending: deque[Future] = deque()
+        it = iter(items)
+        for item in it:
+            pending.append(pool.submit(_load_one, item, task, spec, times))
+            if len(pending) >= depth:
+                break
+        while pending:
+            fut = pending.popleft()
+            nxt = next(it, None)
+            if nxt is not None:
+                pending.append(pool.submit(_load_one, nxt, task, spec, times))
+            yield fut.result()
+
+
+def run_batches(
+    loaded: Loaded,
+    items: Iterable[SourceItem],
+    *,
+    batch: int,
+    on_result: Callable[[SourceItem, np.ndarray, dict[str, Any]], None],
+    on_skip: Callable[[SourceItem, str], None],
+    times: StageTimes,
+    keep_image: bool = False,
+    workers: int = 4,
+    post: dict[str, Any] | None = None,
+) -> None:
+    """Stream `items` through the engine. A fixed-batch engine gets its last partial batch zero-padded."""
+    m, task, runner = loaded.manifest, loaded.task, loaded.runner
+    check_batch(m, batch, loaded.engine_dir)
+    fixed = not m["batch"].get("dynamic")
+    spec = m["input"]
+    post = post or m["postprocess"]
+    buf: list[tuple[SourceItem, np.ndarray | None, Prepared]] = []
+
+    def flush() -> None:
+        if not buf:
+            return
+        preps = [p for _, _, p in buf]
+        if fixed and len(preps) < batch:
+            preps = preps + [Prepared(np.zeros_like(preps[0].tensor), preps[0].meta)] * (batch - len(preps))
+        t0 = time.perf_counter()
+        x = task.collate(preps, spec)
+        outs = runner.run(x)
+        t1 = time.perf_counter()
+        records = task.postprocess(outs, [p.meta for p in preps], post)[: len(buf)]
+        times.add("infer", t1 - t0)
+        times.add("post", time.perf_counter() - t1)
+        for (item, img, _), rec in zip(buf, records):
+            on_result(item, img, rec)
+        buf.clear()
+
+    for item, loaded_img, err in prefetch(items, task, spec, times, workers=workers, depth=max(8, 2 * batch + workers)):
+        if err is not None:
+            on_skip(item, err)
+            continue
+        img, prep = loaded_img
+        buf.append((item, img if keep_image else None, prep))
+        if len(buf) == batch:
+            flush()
+    flush()

@@ -1,0 +1,94 @@
+"""Calibration sets for int8: which images, how many, how they were chosen, and a reader that feeds them to the
+calibrator pre-processed exactly as predict will pre-process real inputs."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deployzoo.data.images import ImageError, SourceItem, list_source, read_image
+from deployzoo.errors import DeployzooError
+
+log = logging.getLogger(__name__)
+
+CALIB_METHODS = ("minmax", "entropy", "percentile")
+
+
+@dataclass
+class CalibSet:
+    root: Path
+    items: list[SourceItem]
+    method: str
+
+    def describe(self) -> dict[str, Any]:
+        names = "\n".join(sorted(i.name for i in self.items))
+        return {
+            "dir": str(self.root),
+            "size": len(self.items),
+            "method": self.method,
+            "file_list_sha256": hashlib.sha256(names.encode()).hexdigest(),
+            "files_head": [i.name for i in self.items[:5]],
+        }
+
+
+def make_calib_set(source: str | Path, size: int = 64, method: str = "minmax", seed: int = 0,
+                   exclude: set[str] | None = None) -> CalibSet:
+    """Pick `size` images from `source` (a fixed-seed sample, sorted), never any file listed in `exclude`
+    (resolved paths of the evaluation set): calibrating on evaluation images would flatter int8 accuracy."""
+    if method not in CALIB_METHODS:
+        raise DeployzooError(f"--calib-method {method!r}: choose from {', '.join(CALIB_METHODS)}")
+    if size < 1:
+        raise DeployzooError(f"--calib-size {size}: must be >= 1")
+    root, items = list_source(source)
+    if exclude:
+        clash = [i for i in items if str(i.path.resolve()) in exclude]
+        if clash:
+            raise DeployzooError(
+                f"{source}: calibration set overlaps the evaluation set ({len(clash)} files, e.g. {clash[0].name}); "
+                "use separate images"
+            )
+    if len(items) > size:
+        items = sorted(random.Random(seed).sample(items, size), key=lambda i: i.name)
+    return CalibSet(root, items, method)
+
+
+class CalibReader:
+    """onnxruntime.quantization.CalibrationDataReader over a CalibSet, batched as the model's input wants."""
+
+    def __init__(self, calib: CalibSet, task: Any, spec: dict[str, Any], input_name: str, batch: int) -> None:
+        self.calib, self.task, self.spec, self.input_name, self.batch = calib, task, spec, input_name, batch
+        self.used = 0
+        self._it: Iterator[dict[str, np.ndarray]] | None = None
+
+    def _gen(self) -> Iterator[dict[str, np.ndarray]]:
+        pending = []
+        for item in self.calib.items:
+            try:
+                img = read_image(item.path, self.spec.get("color", "BGR"))
+            except ImageError as exc:
+                log.warning("calibration: skipping %s", exc)
+                continue
+            pending.append(self.task.prepare(img, self.spec))
+            if len(pending) == self.batch:
+                self.used += len(pending)
+                yield {self.input_name: self.task.collate(pending, self.spec)}
+                pending = []
+        if pending and self.batch == 1:
+            self.used += len(pending)
+            yield {self.input_name: self.task.collate(pending, self.spec)}
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self._it is None:
+            self._it = self._gen()
+        return next(self._it, None)
+
+    def rewind(self) -> None:
+        self._it = None
+        self.used = 0

@@ -1,0 +1,120 @@
+"""The one place that names models, tasks, backends and precisions."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from deployzoo.errors import DeployzooError
+
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+PRECISION_ALIASES = {
+    "force_float32": "fp32",
+    "float32": "fp32",
+    "force_float16": "fp16",
+    "float16": "fp16",
+    "half": "fp16",
+    "bfloat16": "bf16",
+    "qint8_mixed_float16": "int8",
+    "qint8": "int8",
+}
+
+
+def canonical_precision(name: str) -> str:
+    p = PRECISION_ALIASES.get(name.strip().lower(), name.strip().lower())
+    if p not in PRECISIONS:
+        raise DeployzooError(
+            f"unknown precision {name!r} (choose from {', '.join(PRECISIONS)} or the seed names "
+            f"{', '.join(k for k in PRECISION_ALIASES if k.startswith(('force', 'qint8_')))})"
+        )
+    return p
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    task: str
+    variants: tuple[str, ...]
+    default_variant: str
+    default_imgsz: dict[str, Any]  # variant -> [H, W] or "origin"
+    input: dict[str, Any]  # color, mean, std, layout
+    post: dict[str, Any]  # post-processing defaults
+    weights: dict[str, str]  # variant -> where the official weights come from
+    build: Callable[[str, str | Path | None], nn.Module]  # eval-mode network from (variant, weights)
+    deploy: Callable[[nn.Module], nn.Module]  # export wrapper: network + in-graph decode
+    output_names: tuple[str, ...]
+    seed_imgsz: dict[str, Any] = field(default_factory=dict)  # the sizes the seeds benchmark
+    # variant -> int8 recipe: {"float_groups": conv groups kept float (quant/recipes.py), "op_types": op types quantized}
+    int8_recipe: dict[str, dict[str, tuple[str, ...]]] = field(default_factory=dict)
+
+    def check_variant(self, variant: str | None) -> str:
+        v = variant or self.default_variant
+        if v not in self.variants:
+            raise DeployzooError(f"{self.name}: unknown variant {v!r} (choose from {', '.join(self.variants)})")
+        return v
+
+
+def _retinaface() -> ModelSpec:
+    from deployzoo.models import retinaface as rf
+    from deployzoo.tasks.face_detection import DEFAULT_POST
+
+    return ModelSpec(
+        name="retinaface",
+        task="face_detection",
+        variants=tuple(rf.CONFIGS),
+        default_variant="mobilenet0.25",
+        default_imgsz={"mobilenet0.25": "origin", "resnet50": "origin"},
+        seed_imgsz={"mobilenet0.25": [1000, 1000], "resnet50": [672, 1024]},
+        input={"layout": "NCHW", "color": "BGR", "mean": [104.0, 117.0, 123.0], "std": [1.0, 1.0, 1.0]},
+        post=dict(DEFAULT_POST),
+        weights=dict(rf.OFFICIAL_WEIGHTS),
+        build=rf.build_model,
+        deploy=rf.RetinaFaceDeploy,
+        output_names=rf.RetinaFaceDeploy.output_names,
+        # chosen by measurement on this 2-core AVX2 machine (docs/benchmarks/cpu.md): mnet keeps its 11
+        # high-resolution stage-1 convs and the heads float (int8 there costs layout conversions and accuracy);
+        # R50 quantizes every conv but the heads, with Conv+Relu fused.
+        int8_recipe={
+            "mobilenet0.25": {"float_groups": ("early:11", "heads"), "op_types": ("Conv",)},
+            "resnet50": {"float_groups": ("heads",), "op_types": ("Conv", "Relu")},
+        },
+    )
+
+
+_MODEL_FACTORIES: dict[str, Callable[[], ModelSpec]] = {"retinaface": _retinaface}
+_TASKS = {"face_detection": ("deployzoo.tasks.face_detection", "FaceDetectionTask")}
+_BACKENDS = {"ort": ("deployzoo.backends.ort", "OrtBackend"), "torch": ("deployzoo.backends.torch_eager", "TorchBackend")}
+
+
+def model_names() -> list[str]:
+    return list(_MODEL_FACTORIES)
+
+
+def get_model(name: str) -> ModelSpec:
+    key = name.strip().lower()
+    if key not in _MODEL_FACTORIES:
+        raise DeployzooError(f"unknown model {name!r} (choose from {', '.join(_MODEL_FACTORIES)})")
+    return _MODEL_FACTORIES[key]()
+
+
+def get_task(name: str):
+    if name not in _TASKS:
+        raise DeployzooError(f"unknown task {name!r}")
+    mod, cls = _TASKS[name]
+    return getattr(importlib.import_module(mod), cls)()
+
+
+def backend_names() -> list[str]:
+    return list(_BACKENDS)
+
+
+def get_backend(name: str):
+    if name not in _BACKENDS:
+        raise DeployzooError(f"unknown backend {name!r} (choose from {', '.join(_BACKENDS)})")
+    mod, cls = _BACKENDS[name]
+    return getattr(importlib.import_module(mod), cls)()

@@ -1,0 +1,188 @@
+"""`deployzoo run`: export -> build per precision -> predict + eval -> bench per batch -> report, the seeds'
+one-click run.sh. Every stage's result is stored under RUN_DIR keyed by content, so a re-run skips what is done."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from deployzoo.bench import BenchConfig, bench_engine
+from deployzoo.cache import ensure_engine
+from deployzoo.engine import RANDOM_WEIGHTS_WARNING, atomic_write_text, machine, now_iso, read_manifest, versions, write_json
+from deployzoo.errors import DeployzooError
+from deployzoo.export import parse_imgsz
+from deployzoo.metrics.agreement import agreement_ap
+from deployzoo.predict import PRED_FILE, predict
+from deployzoo.quant.calib import make_calib_set
+from deployzoo.registry import get_model, get_task
+from deployzoo.report import md_table, plot_throughput
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunConfig:
+    model: str
+    out_dir: Path
+    variant: str | None = None
+    weights: Path | None = None
+    precisions: tuple[str, ...] = ("fp32", "int8")
+    batches: tuple[int, ...] = (1, 4, 8)
+    data: str = "demo"
+    gt: Path | None = None
+    calib: Path | None = None
+    calib_size: int = 64
+    calib_method: str = "minmax"
+    backend: str = "ort"
+    reference: bool = True
+    imgsz: str | None = None
+    bench_imgsz: str | None = None
+    iters: int = 20
+    warmup: int = 3
+    threads: int | None = None
+    demo_images: int = 24
+    predict_batch: int = 1
+
+
+@dataclass
+class RunReport:
+    path: Path
+    markdown: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+def _stage_key(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _cached(path: Path, key: str) -> Any | None:
+    if path.is_file():
+        try:
+            d = json.loads(path.read_text())
+            if d.get("key") == key:
+                return d["value"]
+        except (json.JSONDecodeError, KeyError):
+            pass
+    return None
+
+
+def _store(path: Path, key: str, value: Any) -> None:
+    write_json(path, {"key": key, "value": value})
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def run_pipeline(cfg: RunConfig) -> RunReport:
+    spec = get_model(cfg.model)
+    variant = spec.check_variant(cfg.variant)
+    task = get_task(spec.task)
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cache = out / "cache"
+    data = task.run_data(cfg.data, out / "data", cfg.gt, cfg.demo_images)
+    imgsz = parse_imgsz(cfg.imgsz if cfg.imgsz is not None else spec.default_imgsz[variant])
+    bench_hw = parse_imgsz(cfg.bench_imgsz) if cfg.bench_imgsz else None
+    calib_set = None
+    if "int8" in cfg.precisions:
+        calib_dir = cfg.calib or data.calib_default
+        if calib_dir is None:
+            raise DeployzooError("int8 needs --calib DIR with images separate from the evaluation set "
+                                 "(e.g. WIDER_train/images)")
+        from deployzoo.data.images import list_source
+
+        _, eval_items = list_source(data.source)
+        calib_set = make_calib_set(calib_dir, cfg.calib_size, cfg.calib_method,
+                                   exclude={str(i.path.resolve()) for i in eval_items})
+    warnings = [RANDOM_WEIGHTS_WARNING] if cfg.weights is None else []
+    acc_rows, accuracy, engines = [], {}, {}
+    ref_records = None
+    for prec in cfg.precisions:
+        eng = ensure_engine(spec.name, variant=variant, weights=cfg.weights, backend=cfg.backend, precision=prec,
+                            imgsz=imgsz, batch=None, calib=calib_set if prec == "int8" else None, cache_dir=cache)
+        engines[prec] = eng
+        m = read_manifest(eng)
+        pred_dir = out / "predictions" / prec
+        key = _stage_key({"engine": m["source_graph"]["sha256"], "prec": prec, "created": m["created"],
+                          "data": str(data.source), "post": m["postprocess"]})
+        res = _cached(out / "stages" / f"eval-{prec}.json", key)
+        if res is None:
+            predict(eng, data.source, pred_dir, batch=cfg.predict_batch, formats=("jsonl", *data.pred_formats),
+                    resume=True, threads=cfg.threads)
+            res = data.evaluate(pred_dir, out / f"pr_{prec}.png", title=f"{spec.name} {variant} {prec}")
+            _store(out / "stages" / f"eval-{prec}.json", key, res)
+        accuracy[prec] = res
+        records = _read_jsonl(pred_dir / PRED_FILE)
+        agree = None
+        if prec == "fp32":
+            ref_records = records
+        elif ref_records is not None:
+            by_name = {r["image"]: r for r in records}
+            pairs = [(r, by_name[r["image"]]) for r in ref_records if r["image"] in by_name]
+            agree = agreement_ap([p[0] for p in pairs], [p[1] for p in pairs])
+        accuracy[prec]["agreement_ap_vs_fp32"] = agree
+        acc_rows.append([f"{spec.name}-{variant}", prec, *[res[k] for k in data.accuracy_keys],
+                         "-" if agree is None else f"{agree:.4f}"])
+    # ---------------------------------------------------------------- bench
+    bench_rows: list[dict[str, Any]] = []
+    bench_targets = [(p, engines[p]) for p in cfg.precisions]
+    if cfg.reference:
+        ref_eng = ensure_engine(spec.name, variant=variant, weights=cfg.weights, backend="torch", precision="fp32",
+                                imgsz=imgsz, batch=None, cache_dir=cache)
+        bench_targets.insert(0, ("fp32-eager", ref_eng))
+    bcfg = BenchConfig(batches=cfg.batches, iters=cfg.iters, warmup=cfg.warmup, threads=cfg.threads,
+                       imgsz=None if bench_hw in (None, "origin") else tuple(bench_hw))
+    for label, eng in bench_targets:
+        m = read_manifest(eng)
+        key = _stage_key({"engine": str(eng), "created": m["created"], "cfg": bcfg.__dict__})
+        rows = _cached(out / "stages" / f"bench-{label}.json", key)
+        if rows is None:
+            rows = bench_engine(eng, bcfg)
+            _store(out / "stages" / f"bench-{label}.json", key, rows)
+        bench_rows.extend(rows)
+    plot_throughput(bench_rows, out / "throughput.png")
+    # ---------------------------------------------------------------- report
+    perf_rows = [[r["model"], f"{r['backend']} {r['precision']}", r["batch"], round(r["throughput_ips"], 2),
+                  f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}"] for r in bench_rows if r["mode"] == "engine"]
+    hw = bench_rows[0]["input_hw"] if bench_rows else None
+    post = read_manifest(engines[cfg.precisions[0]])["postprocess"]
+    md = [f"# deployzoo run: {spec.name} {variant}", ""]
+    if warnings:
+        md += [f"> **WARNING: {w}**" for w in warnings] + [""]
+    md += [
+        "## Accuracy", f"Dataset: {data.name}. Test scale: {imgsz if isinstance(imgsz, str) else 'x'.join(map(str, imgsz))} "
+        f"(origin = original image size, the official WIDER protocol). Post-processing: conf {post['conf']}, "
+        f"NMS IoU {post['iou']}, top-k {post['top_k']}, keep {post['max_det']}.", "",
+        md_table(["Model", "Precision", *[k.capitalize() for k in data.accuracy_keys], "AP vs fp32 detections"], acc_rows),
+        "",
+    ]
+    if calib_set is not None:
+        d = calib_set.describe()
+        md += [f"int8 calibration: {d['size']} images from {d['dir']} ({d['method']}), file-list sha256 "
+               f"{d['file_list_sha256'][:16]}, disjoint from the evaluation images.", ""]
+    md += [
+        "## Throughput", f"Engine-only, input {hw[0]}x{hw[1]}, {cfg.warmup} warm-up + {cfg.iters} timed iterations per batch; "
+        f"threads: {cfg.threads or 'runtime default'}. `torch fp32` is eager PyTorch, the reference peer." if hw else "",
+        "", md_table(["Model", "Engine", "Batch", "Throughput (img/s)", "p50 ms", "p99 ms"], perf_rows), "",
+        "Plots: " + ", ".join(f"[PR {p}](pr_{p}.png)" for p in cfg.precisions) + ", [throughput](throughput.png)", "",
+    ]
+    mach, ver = machine(), versions()
+    md += [f"Machine: {mach['cpu']}, {mach['affinity_cores']} cores, {mach['memory_gib']} GiB. Versions: "
+           + ", ".join(f"{k} {v}" for k, v in ver.items() if k != "platform") + f". Created {now_iso()}."]
+    text = "\n".join(md) + "\n"
+    report = {
+        "model": spec.name, "variant": variant, "weights": str(cfg.weights) if cfg.weights else None,
+        "warnings": warnings, "data": data.name, "imgsz": imgsz, "postprocess": post,
+        "calibration": calib_set.describe() if calib_set else None,
+        "accuracy": accuracy, "bench": bench_rows, "engines": {k: str(v) for k, v in engines.items()},
+        "machine": mach, "versions": ver, "created": now_iso(),
+    }
+    write_json(out / "report.json", report)
+    atomic_write_text(out / "report.md", text)
+    return RunReport(out / "report.md", text, report)

@@ -1,0 +1,200 @@
+"""Face detection task (RetinaFace): official pre-processing, threshold / top-k / NMS / keep-top-k, writers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from torchvision.ops import batched_nms
+
+from deployzoo.tasks.base import Prepared
+
+DEFAULT_POST = {"conf": 0.02, "iou": 0.4, "top_k": 5000, "max_det": 750}
+
+
+def letterbox(img: np.ndarray, hw: tuple[int, int]) -> tuple[np.ndarray, float]:
+    """Aspect-preserving resize into an H x W canvas, image at the top-left; returns (resized image, scale)."""
+    h, w = img.shape[:2]
+    r = min(hw[0] / h, hw[1] / w)
+    nh, nw = max(1, int(round(h * r))), max(1, int(round(w * r)))
+    if (nh, nw) != (h, w):
+        img = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_LINEAR)
+    return img, r
+
+
+def preprocess(img_bgr: np.ndarray, spec: dict[str, Any]) -> Prepared:
+    """BGR float minus mean, C x H x W. `spec['imgsz']` is 'origin' or [H, W] (letterbox, zero padding)."""
+    imgsz = spec.get("imgsz", "origin")
+    mean = np.asarray(spec.get("mean", (104.0, 117.0, 123.0)), dtype=np.float32)
+    oh, ow = img_bgr.shape[:2]
+    if imgsz == "origin":
+        scale = 1.0
+        x = img_bgr.astype(np.float32) - mean
+    else:
+        resized, scale = letterbox(img_bgr, (int(imgsz[0]), int(imgsz[1])))
+        x = np.zeros((int(imgsz[0]), int(imgsz[1]), 3), dtype=np.float32)
+        x[: resized.shape[0], : resized.shape[1]] = resized.astype(np.float32) - mean
+    return Prepared(np.ascontiguousarray(x.transpose(2, 0, 1)), {"scale": scale, "orig_hw": (oh, ow)})
+
+
+def collate(items: list[Prepared]) -> np.ndarray:
+    """Stack into N x C x H x W; images of different sizes (origin mode) are zero-padded bottom/right."""
+    hmax = max(p.tensor.shape[1] for p in items)
+    wmax = max(p.tensor.shape[2] for p in items)
+    out = np.zeros((len(items), 3, hmax, wmax), dtype=np.float32)
+    for i, p in enumerate(items):
+        out[i, :, : p.tensor.shape[1], : p.tensor.shape[2]] = p.tensor
+    return out
+
+
+def select(
+    boxes: np.ndarray, scores: np.ndarray, landmarks: np.ndarray, post: dict[str, Any]
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Official RetinaFace selection, per image of a batch: score > conf, top-k by score, NMS, keep-top-k.
+
+    NMS uses the official `py_cpu_nms` pixel convention (areas and overlaps counted with +1), obtained exactly from
+    torchvision's NMS by extending x2/y2 by one pixel. Returns per image (boxes Kx4, scores K, landmarks Kx10),
+    sorted by score.
+    """
+    conf = float(post.get("conf", DEFAULT_POST["conf"]))
+    iou = float(post.get("iou", DEFAULT_POST["iou"]))
+    top_k = int(post.get("top_k", DEFAULT_POST["top_k"]))
+    max_det = int(post.get("max_det", DEFAULT_POST["max_det"]))
+    sel_b, sel_s, sel_l, idx = [], [], [], []
+    for i in range(scores.shape[0]):
+        inds = np.flatnonzero(scores[i] > conf)
+        order = inds[np.argsort(-scores[i, inds], kind="stable")][: top_k if top_k > 0 else None]
+        sel_b.append(boxes[i, order])
+        sel_s.append(scores[i, order])
+        sel_l.append(landmarks[i, order])
+        idx.append(np.full(order.size, i, dtype=np.int64))
+    b = np.concatenate(sel_b).astype(np.float32)
+    s = np.concatenate(sel_s).astype(np.float32)
+    ids = np.concatenate(idx)
+    if b.shape[0]:
+        bt = torch.from_numpy(b.copy())
+        bt[:, 2:] += 1.0
+        keep = batched_nms(bt, torch.from_numpy(s), torch.from_numpy(ids), iou).numpy()
+    else:
+        keep = np.zeros(0, dtype=np.int64)
+    lm = np.concatenate(sel_l).astype(np.float32)
+    out = []
+    for i in range(scores.shape[0]):
+        k = keep[ids[keep] == i]
+        k = k[np.argsort(-s[k], kind="stable")][: max_det if max_det > 0 else None]
+        out.append((b[k], s[k], lm[k]))
+    return out
+
+
+class FaceDetectionTask:
+    name = "face_detection"
+    formats = ("widerface",)
+    metric = "widerface"
+
+    def run_data(self, data: str, work_dir: Path, gt: Path | None = None, demo_images: int = 24) -> "WiderFaceRunData":
+        return WiderFaceRunData(data, work_dir, gt, demo_images)
+
+    def prepare(self, img: np.ndarray, spec: dict[str, Any]) -> Prepared:
+        return preprocess(img, spec)
+
+    def collate(self, items: list[Prepared], spec: dict[str, Any]) -> np.ndarray:
+        return collate(items)
+
+    def postprocess(
+        self, outputs: dict[str, np.ndarray], metas: list[dict[str, Any]], post: dict[str, Any]
+    ) -> list[dict[str, Any]]:
+        per_image = select(outputs["boxes"], outputs["scores"], outputs["landmarks"], post)
+        records = []
+        for (b, s, lm), meta in zip(per_image, metas):
+            r = meta["scale"]
+            b = b / r
+            lm = (lm / r).reshape(-1, 5, 2)
+            records.append(
+                {
+                    "boxes": np.round(b.astype(np.float64), 2).tolist(),
+                    "scores": np.round(s.astype(np.float64), 6).tolist(),
+                    "landmarks": np.round(lm.astype(np.float64), 2).tolist(),
+                    "_raw": (b, s),
+                }
+            )
+        return records
+
+    def write_format(self, fmt: str, name: str, record: dict[str, Any], out_dir: Path) -> None:
+        if fmt != "widerface":
+            raise ValueError(fmt)
+        write_widerface_txt(out_dir, name, *record["_raw"])
+
+    def render(self, img: np.ndarray, record: dict[str, Any]) -> np.ndarray:
+        out = img.copy()
+        colors = [(0, 0, 255), (0, 255, 255), (255, 0, 255), (0, 255, 0), (255, 0, 0)]
+        for box, score, pts in zip(record["boxes"], record["scores"], record["landmarks"]):
+            if score < 0.5:
+                continue
+            x1, y1, x2, y2 = (int(round(v)) for v in box)
+            cv2.rectangle(out, (x1, y1), (x2, y2), (0, 0, 255), 2)
+            cv2.putText(out, f"{score:.2f}", (x1, max(0, y1 - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1)
+            for (px, py), c in zip(pts, colors):
+                cv2.circle(out, (int(round(px)), int(round(py))), 2, c, -1)
+        return out
+
+
+def write_widerface_txt(out_dir: Path, name: str, boxes: np.ndarray, scores: np.ndarray) -> Path:
+    """The official prediction layout: OUT/<event>/<image>.txt with name, count, `x y w h score` lines.
+
+    Coordinates are truncated with int() and w = int(x2) - int(x1), as the official test_widerface.py writes them.
+    """
+    rel = Path(name)
+    event = rel.parent.name or "images"
+    stem = rel.stem
+    path = out_dir / event / f"{stem}.txt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [stem, str(len(boxes))]
+    for (x1, y1, x2, y2), s in zip(boxes.tolist(), scores.tolist()):
+        ix1, iy1 = int(x1), int(y1)
+        lines.append(f"{ix1} {iy1} {int(x2) - ix1} {int(y2) - iy1} {np.float32(s)} ")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+# --------------------------------------------------------------------------------------------- run integration
+
+
+class WiderFaceRunData:
+    """What `deployzoo run` needs for face detection: images, ground truth, calibration images, and the scoring."""
+
+    pred_formats = ("widerface",)
+    accuracy_keys = ("easy", "medium", "hard")
+
+    def __init__(self, data: str, work_dir: Path, gt: Path | None = None, demo_images: int = 24) -> None:
+        from deployzoo.data.widerface import load_gt, write_demo
+        from deployzoo.errors import DeployzooError
+
+        if data == "demo":
+            root = work_dir / f"demo-widerface-{demo_images}"
+            if not (root / "ground_truth" / "wider_face_val.mat").is_file():
+                write_demo(root, n_images=demo_images, seed=0)
+            calib = work_dir / "demo-widerface-calib"
+            if not (calib / "ground_truth" / "wider_face_val.mat").is_file():
+                write_demo(calib, n_images=16, seed=1)
+            self.calib_default: Path | None = calib / "WIDER_val" / "images"
+            self.name = f"demo WIDER-layout set ({demo_images} synthetic images, seed 0)"
+        else:
+            root = Path(data)
+            self.calib_default = None
+            self.name = f"WIDER FACE val at {root}"
+        self.source = root / "WIDER_val" / "images"
+        if not self.source.is_dir():
+            raise DeployzooError(f"{root}: not a WIDER FACE root (expected WIDER_val/images/<event>/*.jpg)")
+        self.gt_dir = Path(gt) if gt else root / "ground_truth"
+        self.gt = load_gt(self.gt_dir)
+
+    def evaluate(self, pred_dir: Path, plot_path: Path | None = None, title: str | None = None) -> dict[str, float]:
+        from deployzoo.metrics.widerface import evaluate, plot_pr
+
+        res = evaluate(pred_dir, self.gt)
+        if plot_path is not None:
+            plot_pr(res, plot_path, title=title)
+        return res.to_json()

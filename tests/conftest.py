@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = REPO.parent / "shared" / "fixtures"
+MNET_WEIGHTS = FIXTURES / "retinaface" / "mobilenet0.25_Final.pth"
+
+
+def need_fixture(path: Path):
+    return pytest.mark.skipif(not path.exists(), reason=f"needs {path} (../shared/fixtures is absent in a fresh clone)")
+
+
+def astronaut_bgr() -> np.ndarray:
+    from skimage.data import astronaut
+
+    return cv2.cvtColor(astronaut(), cv2.COLOR_RGB2BGR)
+
+
+@pytest.fixture(scope="session")
+def mnet_random_onnx(tmp_path_factory) -> Path:
+    """RetinaFace-mnet, random weights (seed 0), original-size input, dynamic batch."""
+    from deployzoo.export import export_onnx
+
+    out = tmp_path_factory.mktemp("onnx") / "mnet_origin_dyn.onnx"
+    export_onnx("retinaface", out, variant="mobilenet0.25", imgsz="origin", batch=None)
+    return out
+
+
+@pytest.fixture(scope="session")
+def mnet_random_fp32(mnet_random_onnx, tmp_path_factory) -> Path:
+    from deployzoo.build import build_engine
+
+    return build_engine(mnet_random_onnx, tmp_path_factory.mktemp("eng") / "fp32", precision="fp32")
+
+
+@pytest.fixture(scope="session")
+def image_dir(tmp_path_factory) -> Path:
+    """A few real-looking images (the astronaut at several scales on noise) of different sizes."""
+    d = tmp_path_factory.mktemp("imgs")
+    rng = np.random.default_rng(0)
+    face = astronaut_bgr()
+    for i, (h, w) in enumerate([(240, 320), (300, 200), (256, 256), (180, 400)]):
+        canvas = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+        s = min(h, w) / 512
+        small = cv2.resize(face, (int(512 * s), int(512 * s)))
+        canvas[: small.shape[0], : small.shape[1]] = small
+        cv2.imwrite(str(d / f"img_{i}.jpg"), canvas)
+    return d
