@@ -127,8 +127,8 @@ def run_pipeline(cfg: RunConfig) -> RunReport:
             pairs = [(r, by_name[r["image"]]) for r in ref_records if r["image"] in by_name]
             agree = agreement_ap([p[0] for p in pairs], [p[1] for p in pairs])
         accuracy[prec]["agreement_ap_vs_fp32"] = agree
-        acc_rows.append([f"{spec.name}-{variant}", prec, *[res[k] for k in data.accuracy_keys],
-                         "-" if agree is None else f"{agree:.4f}"])
+        agree_txt = "-" if agree is None else ("n/a (no fp32 detection >= 0.5)" if agree != agree else f"{agree:.4f}")
+        acc_rows.append([f"{spec.name}-{variant}", prec, *[res[k] for k in data.accuracy_keys], agree_txt])
     # ---------------------------------------------------------------- bench
     bench_rows: list[dict[str, Any]] = []
     bench_targets = [(p, engines[p]) for p in cfg.precisions]

@@ -1,0 +1,52 @@
+"""The whole pipeline on generated demo data, as a fresh machine runs it (random weights, no downloads)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from deployzoo.cli import main
+from deployzoo.engine import RANDOM_WEIGHTS_WARNING
+
+from conftest import MNET_WEIGHTS, need_fixture
+
+
+def _cli(args):
+    try:
+        main(args)
+    except SystemExit as e:
+        assert e.code == 0
+
+
+@pytest.mark.slow
+def test_run_demo_random_weights_and_rerun_reuses_stages(tmp_path):
+    out = tmp_path / "run"
+    args = ["run", "retinaface", "--data", "demo", "--demo-images", "6", "--precisions", "fp32,int8",
+            "--batches", "1,2", "--iters", "2", "--warmup", "1", "--bench-imgsz", "128", "128", "-o", str(out)]
+    _cli(args)
+    md = (out / "report.md").read_text()
+    rep = json.loads((out / "report.json").read_text())
+    assert RANDOM_WEIGHTS_WARNING in md and rep["warnings"] == [RANDOM_WEIGHTS_WARNING]
+    assert "| Model | Precision | Easy | Medium | Hard |" in md
+    assert "| Model | Engine | Batch | Throughput (img/s) | p50 ms | p99 ms |" in md
+    assert set(rep["accuracy"]) == {"fp32", "int8"}
+    assert {(r["backend"], r["precision"], r["batch"]) for r in rep["bench"]} == {
+        (b, p, n) for b, p in [("torch", "fp32"), ("ort", "fp32"), ("ort", "int8")] for n in (1, 2)}
+    for f in ("pr_fp32.png", "pr_int8.png", "throughput.png"):
+        assert (out / f).stat().st_size > 1000
+    assert rep["calibration"]["size"] > 0
+    stamps = {p.name: p.stat().st_mtime_ns for p in (out / "stages").iterdir()}
+    _cli(args)  # second run: every stage comes from the cache
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "stages").iterdir()} == stamps
+
+
+@need_fixture(MNET_WEIGHTS)
+@pytest.mark.slow
+def test_run_demo_real_weights_scores_the_faces(tmp_path):
+    out = tmp_path / "run"
+    _cli(["run", "retinaface", "--weights", str(MNET_WEIGHTS), "--data", "demo", "--demo-images", "8",
+          "--precisions", "fp32", "--batches", "1", "--iters", "2", "--warmup", "1", "--no-reference",
+          "--bench-imgsz", "128", "128", "-o", str(out)])
+    acc = json.loads((out / "report.json").read_text())["accuracy"]["fp32"]
+    assert acc["easy"] > 0.9 and acc["hard"] > 0.8
