@@ -47,3 +47,26 @@ def test_fixed_size_letterbox_finds_it_too(tmp_path):
     assert rec["scores"][best] > 0.9
     x1, y1, x2, y2 = rec["boxes"][best]
     assert 160 < x1 < 200 and 240 < x2 < 290  # mapped back to original pixels
+
+
+COCO = MNET_WEIGHTS.parents[1] / "coco128" / "images"
+IMAGENET = MNET_WEIGHTS.parents[1] / "imagenet" / "val_227" / "images"
+
+
+@need_fixture(COCO)
+@need_fixture(IMAGENET)
+@pytest.mark.slow
+def test_int8_detections_agree_with_fp32_on_real_images(mnet_real_fp32, tmp_path):
+    """int8 (calibrated on ImageNet images, disjoint from these) against fp32 detections as ground truth."""
+    from deployzoo.cache import ensure_engine
+    from deployzoo.data.images import list_source, read_image
+    from deployzoo.metrics.agreement import agreement_ap
+    from deployzoo.quant.calib import make_calib_set
+
+    eng8 = ensure_engine("retinaface", variant="mobilenet0.25", weights=MNET_WEIGHTS, imgsz="origin", precision="int8",
+                         calib=make_calib_set(IMAGENET, 32), cache_dir=tmp_path)
+    imgs = [read_image(i.path) for i in list_source(COCO)[1][:48]] + [astronaut_bgr()]
+    ref = [_detect(mnet_real_fp32, im) for im in imgs]
+    got = [_detect(eng8, im) for im in imgs]
+    assert sum((np.asarray(r["scores"]) >= 0.5).sum() for r in ref) >= 10  # enough faces to mean something
+    assert agreement_ap(ref, got) >= 0.97

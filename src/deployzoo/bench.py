@@ -19,6 +19,7 @@ from deployzoo.data.images import list_source
 from deployzoo.engine import batch_allows, machine, now_iso, versions
 from deployzoo.errors import DeployzooError
 from deployzoo.pipeline import STAGES, StageTimes, load_engine, run_batches
+from deployzoo.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -99,25 +100,13 @@ def bench_engine(engine_dir: str | Path, cfg: BenchConfig) -> list[dict[str, Any
             "warnings": m.get("warnings", []),
         }
         rng = np.random.default_rng(0)
-        for b in cfg.batches:
-            if not batch_allows(m, b):
-                log.info("%s: batch %d not supported by this engine, skipped", engine_dir, b)
-                continue
-            x = (rng.random((b, 3, *hw), dtype=np.float32) * 255.0 - 120.0).astype(np.float32)
-            for _ in range(cfg.warmup):
-                loaded.runner.run(x)
-            lat: list[float] = []
-            t_all = time.perf_counter()
-            while len(lat) < cfg.iters or (time.perf_counter() - t_all) < cfg.min_seconds:
-                t0 = time.perf_counter()
-                loaded.runner.run(x)
-                lat.append(time.perf_counter() - t0)
-            total = time.perf_counter() - t_all
-            rows.append({
-                **common, "mode": "engine", "batch": b, "iters": len(lat), "warmup": cfg.warmup,
-                "throughput_ips": b * len(lat) / total, **latency_stats(lat),
-                "timed": "runner.run on a host array: host->engine copy, inference, outputs back on the host",
-            })
+        ok = [b for b in cfg.batches if batch_allows(m, b)]
+        for b in sorted(set(cfg.batches) - set(ok)):
+            log.info("%s: batch %d not supported by this engine, skipped", engine_dir, b)
+        with progress_bar(f"bench {engine_label(m)} {m['backend']} {m['precision']}",
+                          len(ok) * (cfg.warmup + cfg.iters)) as bar:
+            for b in ok:
+                rows.append(_time_batch(loaded.runner, b, hw, cfg, rng, bar, common))
         if cfg.e2e_source is not None:
             rows.extend(_bench_e2e(loaded, cfg, common))
     for r in rows:
@@ -127,6 +116,27 @@ def bench_engine(engine_dir: str | Path, cfg: BenchConfig) -> list[dict[str, Any
         if dev_peak is not None:
             r["device_peak_mib"] = round(dev_peak / 2**20, 1)
     return rows
+
+
+def _time_batch(runner: Any, b: int, hw: tuple[int, int], cfg: BenchConfig, rng: np.random.Generator, bar: Any,
+                common: dict[str, Any]) -> dict[str, Any]:
+    x = (rng.random((b, 3, *hw), dtype=np.float32) * 255.0 - 120.0).astype(np.float32)
+    for _ in range(cfg.warmup):
+        runner.run(x)
+        bar.advance()
+    lat: list[float] = []
+    t_all = time.perf_counter()
+    while len(lat) < cfg.iters or (time.perf_counter() - t_all) < cfg.min_seconds:
+        t0 = time.perf_counter()
+        runner.run(x)
+        lat.append(time.perf_counter() - t0)
+        bar.advance()
+    total = time.perf_counter() - t_all
+    return {
+        **common, "mode": "engine", "batch": b, "iters": len(lat), "warmup": cfg.warmup,
+        "throughput_ips": b * len(lat) / total, **latency_stats(lat),
+        "timed": "runner.run on a host array: host->engine copy, inference, outputs back on the host",
+    }
 
 
 def _bench_e2e(loaded: Any, cfg: BenchConfig, common: dict[str, Any]) -> list[dict[str, Any]]:

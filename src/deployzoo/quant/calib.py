@@ -15,6 +15,7 @@ import numpy as np
 
 from deployzoo.data.images import ImageError, SourceItem, list_source, read_image
 from deployzoo.errors import DeployzooError
+from deployzoo.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -69,20 +70,19 @@ class CalibReader:
 
     def _gen(self) -> Iterator[dict[str, np.ndarray]]:
         pending = []
-        for item in self.calib.items:
-            try:
-                img = read_image(item.path, self.spec.get("color", "BGR"))
-            except ImageError as exc:
-                log.warning("calibration: skipping %s", exc)
-                continue
-            pending.append(self.task.prepare(img, self.spec))
-            if len(pending) == self.batch:
-                self.used += len(pending)
-                yield {self.input_name: self.task.collate(pending, self.spec)}
-                pending = []
-        if pending and self.batch == 1:
-            self.used += len(pending)
-            yield {self.input_name: self.task.collate(pending, self.spec)}
+        with progress_bar(f"calibrate ({self.calib.method})", len(self.calib.items)) as bar:
+            for item in self.calib.items:
+                bar.advance()
+                try:
+                    img = read_image(item.path, self.spec.get("color", "BGR"))
+                except ImageError as exc:
+                    log.warning("calibration: skipping %s", exc)
+                    continue
+                pending.append(self.task.prepare(img, self.spec))
+                if len(pending) == self.batch:
+                    self.used += len(pending)
+                    yield {self.input_name: self.task.collate(pending, self.spec)}
+                    pending = []
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         if self._it is None:
