@@ -165,3 +165,13 @@ def test_agreement_ap_hand_case():
     # one hit at top rank, one false positive at rank 2, second face missed: P/R points (1, .5), (.5, .5) -> AP .5
     half = [{"boxes": [[0, 0, 10, 10], [50, 50, 60, 60]], "scores": [0.9, 0.7]}]
     assert agreement_ap(ref, half) == pytest.approx(0.5)
+
+
+@pytest.mark.slow
+def test_dynamo_exporter_dynamic_batch(tmp_path):
+    r = export_onnx("retinaface", tmp_path / "dyn.onnx", imgsz=[96, 96], batch=None, exporter="dynamo")
+    assert r.meta["export"]["exporter"] == "dynamo"
+    assert all(v < PARITY_ATOL[k] for k, v in r.max_abs_diff.items())
+    eng = build_engine(r.path, tmp_path / "eng", precision="fp32")
+    x = probe_input([96, 96], 3, seed=1).numpy()
+    assert load_engine(eng).runner.run(x)["boxes"].shape[0] == 3

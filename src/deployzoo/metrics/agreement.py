@@ -9,13 +9,7 @@ import numpy as np
 import torch
 from torchvision.ops import box_iou
 
-
-def voc_ap(recall: np.ndarray, precision: np.ndarray) -> float:
-    mrec = np.concatenate(([0.0], recall, [1.0]))
-    mpre = np.concatenate(([0.0], precision, [0.0]))
-    mpre = np.maximum.accumulate(mpre[::-1])[::-1]
-    i = np.flatnonzero(mrec[1:] != mrec[:-1])
-    return float(np.sum((mrec[i + 1] - mrec[i]) * mpre[i + 1]))
+from deployzoo.metrics.widerface import voc_ap
 
 
 def detection_ap(
