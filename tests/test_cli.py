@@ -68,3 +68,39 @@ def test_python_dash_m_entry_point():
     r = subprocess.run([sys.executable, "-m", "deployzoo", "predict", "/nonexistent-engine", "--source", "/nonexistent",
                         "-o", "/tmp/x"], capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.strip().startswith("deployzoo: error:") and "Traceback" not in r.stderr
+
+
+def test_cli_eval_widerface_json_and_plot(tmp_path, capsys):
+    import numpy as np
+
+    from deployzoo.data.widerface import load_gt, write_demo
+    from deployzoo.tasks.face_detection import write_widerface_txt
+
+    root = write_demo(tmp_path / "demo", n_images=6, seed=2)
+    gt = load_gt(root / "ground_truth")
+    for e, names, bl in zip(gt.events, gt.files, gt.boxes):
+        for n, b in zip(names, bl):
+            write_widerface_txt(tmp_path / "pred", f"{e}/{n}.jpg", np.c_[b[:, :2], b[:, :2] + b[:, 2:]],
+                                np.linspace(0.9, 0.6, len(b)))
+    code, out, _ = _run(["eval", "widerface", "--pred", str(tmp_path / "pred"), "--gt", str(root / "ground_truth"),
+                         "--json", str(tmp_path / "ap.json"), "--plot", str(tmp_path / "pr.png")], capsys)
+    assert code == 0 and "Easy   Val AP: 1.0000" in out
+    assert json.loads((tmp_path / "ap.json").read_text()) == {"easy": 1.0, "medium": 1.0, "hard": 1.0}
+    assert (tmp_path / "pr.png").stat().st_size > 1000
+    code, _, err = _run(["eval", "widerface", "--pred", str(tmp_path / "nope"), "--gt", str(root / "ground_truth")],
+                        capsys)
+    assert code == 2 and "prediction directory not found" in err
+
+
+def test_cli_predict_by_model_name_builds_once(tmp_path, image_dir, capsys, monkeypatch):
+    monkeypatch.setenv("DEPLOYZOO_CACHE", str(tmp_path / "cache"))
+    args = ["predict", "retinaface", "--variant", "mobilenet0.25", "--backend", "ort", "--precision", "fp32",
+            "--imgsz", "origin", "--conf", "0.5", "--iou", "0.4", "--max-det", "50", "--source", str(image_dir)]
+    code, out, err = _run(args + ["-o", str(tmp_path / "a")], capsys)
+    assert code == 0 and "4 images predicted" in out and "random weights" in err
+    engines = list((tmp_path / "cache" / "engines").iterdir())
+    assert len(engines) == 1
+    code, _, _ = _run(args + ["-o", str(tmp_path / "b")], capsys)
+    assert code == 0 and list((tmp_path / "cache" / "engines").iterdir()) == engines
+    summary = json.loads((tmp_path / "b" / "summary.json").read_text())
+    assert summary["postprocess"]["max_det"] == 50 and summary["postprocess"]["conf"] == 0.5
