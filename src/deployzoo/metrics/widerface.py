@@ -13,7 +13,6 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -117,19 +116,22 @@ def _overlaps(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
     return out
 
 
-def _image_pr(pred: np.ndarray, gt_xywh: np.ndarray, keep_idx: np.ndarray, iou_thresh: float,
-              thresholds: np.ndarray, best: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+def _best_match(pred: np.ndarray, gt_xywh: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per prediction: the highest IoU with any ground-truth face and that face's index (first on ties)."""
+    p = pred[:, :4].copy()
+    p[:, 2:] += p[:, :2]
+    g = gt_xywh.copy()
+    g[:, 2:] += g[:, :2]
+    ov = _overlaps(p, g)
+    return ov.max(axis=1), ov.argmax(axis=1)
+
+
+def _image_pr(pred: np.ndarray, n_gt: int, keep_idx: np.ndarray, iou_thresh: float, thresholds: np.ndarray,
+              best: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
     """Per-threshold (proposals, recalled) counts of one image, exactly as the official image_eval + img_pr_info."""
     n = pred.shape[0]
-    if best is None:
-        p = pred[:, :4].copy()
-        p[:, 2:] += p[:, :2]
-        g = gt_xywh.copy()
-        g[:, 2:] += g[:, :2]
-        ov = _overlaps(p, g)
-        best = (ov.max(axis=1), ov.argmax(axis=1))
     max_ov, arg = best
-    kept = np.zeros(gt_xywh.shape[0], dtype=bool)
+    kept = np.zeros(n_gt, dtype=bool)
     if keep_idx.size:
         kept[keep_idx - 1] = True
     matched = max_ov >= iou_thresh
@@ -169,33 +171,26 @@ def evaluate(pred: str | Path | Preds, gt: str | Path | WiderGT, iou_thresh: flo
                                                                            for e, d in pred.items()}
     _normalise_scores(preds)
     thresholds = 1.0 - (np.arange(thresh_num) + 1) / thresh_num
-    # the IoU matching does not depend on the setting: compute it once per image
-    cache: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+    pr = {s: np.zeros((thresh_num, 2)) for s in SETTINGS}
+    count_face = dict.fromkeys(SETTINGS, 0)
+    for i, event in enumerate(gt.events):
+        ev_pred = preds[event]
+        for j, name in enumerate(gt.files[i]):
+            p = ev_pred[name]
+            g = gt.boxes[i][j]
+            for setting in SETTINGS:
+                count_face[setting] += len(gt.keep[setting][i][j])
+            if len(g) == 0 or len(p) == 0:
+                continue
+            best = _best_match(p, g)  # the IoU matching does not depend on the setting
+            for setting in SETTINGS:
+                pr[setting] += _image_pr(p, len(g), gt.keep[setting][i][j], iou_thresh, thresholds, best)
     ap: dict[str, float] = {}
     curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for setting in SETTINGS:
-        pr = np.zeros((thresh_num, 2))
-        count_face = 0
-        for i, event in enumerate(gt.events):
-            ev_pred = preds[event]
-            for j, name in enumerate(gt.files[i]):
-                p = ev_pred[name]
-                g = gt.boxes[i][j]
-                keep = gt.keep[setting][i][j]
-                count_face += len(keep)
-                if len(g) == 0 or len(p) == 0:
-                    continue
-                if (i, j) not in cache:
-                    pb = p[:, :4].copy()
-                    pb[:, 2:] += pb[:, :2]
-                    gb = g.copy()
-                    gb[:, 2:] += gb[:, :2]
-                    ov = _overlaps(pb, gb)
-                    cache[(i, j)] = (ov.max(axis=1), ov.argmax(axis=1))
-                pr += _image_pr(p, g, keep, iou_thresh, thresholds, cache[(i, j)])
         with np.errstate(divide="ignore", invalid="ignore"):
-            precision = pr[:, 1] / pr[:, 0]
-            recall = pr[:, 1] / count_face
+            precision = pr[setting][:, 1] / pr[setting][:, 0]
+            recall = pr[setting][:, 1] / count_face[setting]
         curves[setting] = (precision, recall)
         ap[setting] = voc_ap(recall, precision)
     return WiderResult(ap, curves)
@@ -226,6 +221,3 @@ def plot_pr(result: WiderResult, path: str | Path, title: str | None = None) -> 
     plt.close(fig)
     return path
 
-
-def result_summary(result: WiderResult) -> dict[str, Any]:
-    return {"ap": result.to_json()}
