@@ -50,3 +50,26 @@ def test_run_demo_real_weights_scores_the_faces(tmp_path):
           "--bench-imgsz", "128", "128", "-o", str(out)])
     acc = json.loads((out / "report.json").read_text())["accuracy"]["fp32"]
     assert acc["easy"] > 0.9 and acc["hard"] > 0.8
+
+
+@pytest.mark.slow
+def test_run_resumes_an_interrupted_predict_and_replaces_other_engines_predictions(tmp_path):
+    out = tmp_path / "run"
+    args = ["run", "retinaface", "--data", "demo", "--demo-images", "6", "--precisions", "fp32", "--batches", "1",
+            "--iters", "1", "--warmup", "0", "--no-reference", "--bench-imgsz", "64", "64", "-o", str(out)]
+    _cli(args)
+    pred = out / "predictions" / "fp32" / "predictions.jsonl"
+    lines = pred.read_text().splitlines()
+    assert len(lines) == 6
+    # interrupted run: the eval stage never finished, half of the predictions are on disk
+    (out / "stages" / "eval-fp32.json").unlink()
+    pred.write_text("\n".join(lines[:3]) + "\n")
+    _cli(args)
+    assert pred.read_text().splitlines()[:3] == lines[:3] and len(pred.read_text().splitlines()) == 6
+    # predictions left by another engine are not mixed in
+    (out / "stages" / "eval-fp32.json").unlink()
+    (out / "predictions" / "fp32" / "stage.key").write_text("another engine")
+    pred.write_text('{"image": "stale.jpg", "boxes": [], "scores": [], "landmarks": []}\n')
+    _cli(args)
+    names = [json.loads(x)["image"] for x in pred.read_text().splitlines()]
+    assert "stale.jpg" not in names and len(names) == 6

@@ -113,8 +113,13 @@ def run_pipeline(cfg: RunConfig) -> RunReport:
                           "data": str(data.source), "post": m["postprocess"]})
         res = _cached(out / "stages" / f"eval-{prec}.json", key)
         if res is None:
+            # resume an interrupted predict of this same engine; predictions of any other engine are replaced
+            marker = pred_dir / "stage.key"
+            same = marker.is_file() and marker.read_text() == key
+            pred_dir.mkdir(parents=True, exist_ok=True)
+            marker.write_text(key)
             predict(eng, data.source, pred_dir, batch=cfg.predict_batch, formats=("jsonl", *data.pred_formats),
-                    resume=True, threads=cfg.threads)
+                    resume=same, overwrite=not same, threads=cfg.threads)
             res = data.evaluate(pred_dir, out / f"pr_{prec}.png", title=f"{spec.name} {variant} {prec}")
             _store(out / "stages" / f"eval-{prec}.json", key, res)
         accuracy[prec] = res
