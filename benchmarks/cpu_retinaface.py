@@ -31,6 +31,7 @@ ap.add_argument("--out", default="docs/benchmarks")
 ap.add_argument("--fixtures", default=str(Path(__file__).resolve().parents[2] / "shared" / "fixtures"))
 ap.add_argument("--cache", default=None)
 ap.add_argument("--quick", action="store_true", help="2 iterations, batch 1 only (smoke test of the script)")
+ap.add_argument("--only", default=None, help="run only the cases whose label starts with this (e.g. mnet)")
 args = ap.parse_args()
 fx = Path(args.fixtures)
 cache = Path(args.cache or tempfile.mkdtemp(prefix="dz-bench-"))
@@ -44,6 +45,8 @@ cases = [  # label, variant, weights, engine imgsz, bench input, iters
      (768, 1024), 20),
     ("R50 640x640 (random weights)", "resnet50", None, [640, 640], (640, 640), 8),
 ]
+if args.only:
+    cases = [c for c in cases if c[0].startswith(args.only)]
 engines: dict[tuple[str, str], Path] = {}
 rows = []
 for label, variant, weights, imgsz, hw, iters in cases:
@@ -74,7 +77,7 @@ def detections(eng: Path) -> list[dict]:
 
 
 agree = []
-for label in ("mnet 640x640", "mnet origin (1024x768 input)"):
+for label in [c[0] for c in cases if c[0].startswith("mnet")]:
     ref = detections(engines[(label, "ort fp32")])
     n_ref = int(sum((np.asarray(r["scores"]) >= 0.5).sum() for r in ref))
     for other in ("ort int8", "ort fp16", "torch fp32"):
@@ -98,9 +101,10 @@ out = Path(args.out)
 out.mkdir(parents=True, exist_ok=True)
 result = {"created": now_iso(), "machine": machine(), "versions": versions(), "threads": THREADS, "rows": rows,
           "agreement": agree, "calibration": calib.describe()}
-(out / "cpu_retinaface.json").write_text(json.dumps(result, indent=1, default=str))
+suffix = f"_{args.only}" if args.only else ""
+(out / f"cpu_retinaface{suffix}.json").write_text(json.dumps(result, indent=1, default=str))
 md = md_table(["Case", "Engine", "Batch", "img/s", "p50 ms", "p99 ms", "vs eager", "vs ORT fp32", "iters",
                "engine RSS MiB"], table)
 md += "\n\n" + md_table(["Case", "Engine", "AP vs ORT fp32 detections (score >= 0.5)", "fp32 faces"], agree) + "\n"
-(out / "cpu_retinaface_tables.md").write_text(md)
+(out / f"cpu_retinaface{suffix}_tables.md").write_text(md)
 print(md)

@@ -76,11 +76,12 @@ def _retinaface() -> ModelSpec:
         build=rf.build_model,
         deploy=rf.RetinaFaceDeploy,
         output_names=rf.RetinaFaceDeploy.output_names,
-        # chosen by measurement on this 2-core AVX2 machine (docs/benchmarks/cpu.md): mnet keeps its 11
-        # high-resolution stage-1 convs and the heads float (int8 there costs layout conversions and accuracy);
-        # R50 quantizes every conv but the heads, with Conv+Relu fused.
+        # chosen by measurement on this 2-core AVX2 machine (docs/benchmarks/cpu.md): mnet keeps its whole
+        # MobileNet backbone (27 convs: memory-bound depthwise/pointwise pairs where int8 only adds quantize and
+        # layout passes) and the heads float, and runs FPN + SSH in int8; R50 quantizes every conv but the heads,
+        # with Conv+Relu fused.
         int8_recipe={
-            "mobilenet0.25": {"float_groups": ("early:11", "heads"), "op_types": ("Conv",)},
+            "mobilenet0.25": {"float_groups": ("early:27", "heads"), "op_types": ("Conv",)},
             "resnet50": {"float_groups": ("heads",), "op_types": ("Conv", "Relu")},
         },
     )

@@ -1,10 +1,22 @@
-"""WIDER FACE: the official validation ground truth (.mat files) and a synthetic demo set in the same layout."""
+"""WIDER FACE: the official validation ground truth (.mat files) and a synthetic demo set in the same layout.
+
+The official ground truth is four MATLAB v5 files:
+
+* ``wider_face_val.mat``: ``event_list`` (E x 1 cells of event names), ``file_list`` (E x 1 cells, each an
+  N_e x 1 cell of image names without ``.jpg``), ``face_bbx_list`` (E x 1 cells, each N_e x 1 cells of K x 4
+  int32 ``x y w h`` boxes) plus per-face attribute labels (blur, pose, ...) that the evaluation does not use.
+* ``wider_{easy,medium,hard}_val.mat``: the same variables plus ``gt_list``: per image, the 1-based indices of
+  the faces that count for that difficulty (all other faces are "ignored"). MATLAB saved these with the
+  smallest integer type that fits (uint8, or uint16 for images with more than 255 faces), so they are
+  converted to int64 before any arithmetic.
+"""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -15,28 +27,40 @@ log = logging.getLogger(__name__)
 SETTINGS = ("easy", "medium", "hard")
 GT_FILES = {"all": "wider_face_val.mat", "easy": "wider_easy_val.mat", "medium": "wider_medium_val.mat",
             "hard": "wider_hard_val.mat"}
+# per-face attribute variables of the real files (kept in the demo files so both have the same structure)
+LABEL_KEYS = ("blur_label_list", "expression_label_list", "illumination_label_list", "invalid_label_list",
+              "occlusion_label_list", "pose_label_list")
 
 
 @dataclass
 class WiderGT:
     events: list[str]
     files: list[list[str]]  # image names without .jpg, per event
-    boxes: list[list[np.ndarray]]  # K x 4 float64 (x, y, w, h), per image
-    keep: dict[str, list[list[np.ndarray]]]  # setting -> per image: 1-based indices of the faces it keeps
+    boxes: list[list[np.ndarray]]  # per event, per image: K x 4 float64 (x, y, w, h)
+    keep: dict[str, list[list[np.ndarray]]]  # setting -> per event, per image: 1-based int64 face indices
 
     @property
     def n_images(self) -> int:
         return sum(len(f) for f in self.files)
 
+    def n_faces(self, setting: str | None = None) -> int:
+        """Number of annotated faces (setting None) or of faces kept by a difficulty setting."""
+        if setting is None:
+            return sum(len(b) for ev in self.boxes for b in ev)
+        return sum(len(k) for ev in self.keep[setting] for k in ev)
 
-def _loadmat(path: Path, keys: tuple[str, ...]) -> dict:
+
+# --------------------------------------------------------------------------------------------- reading
+
+
+def _loadmat(path: Path, keys: tuple[str, ...]) -> dict[str, Any]:
     from scipy.io import loadmat
 
     if not path.is_file():
         raise DeployzooError(f"{path}: ground-truth file not found")
     try:
         m = loadmat(str(path))
-    except Exception as exc:  # noqa: BLE001 - scipy raises ValueError, TypeError, MatReadError...
+    except Exception as exc:  # noqa: BLE001 - scipy raises ValueError, TypeError, MatReadError, ...
         raise DeployzooError(f"{path}: not a readable .mat file ({type(exc).__name__})") from None
     for k in keys:
         if k not in m:
@@ -44,20 +68,35 @@ def _loadmat(path: Path, keys: tuple[str, ...]) -> dict:
     return m
 
 
-def _cell_str(x) -> str:
-    return str(np.asarray(x).ravel()[0])
+def _cells(x: Any) -> list[Any]:
+    """The elements of a MATLAB cell array as loadmat returns it (an object array, usually N x 1)."""
+    arr = np.asarray(x)
+    if arr.dtype != object:
+        raise TypeError(f"expected a cell array, got {arr.dtype} {arr.shape}")
+    return list(arr.ravel())
+
+
+def _cell_str(x: Any) -> str:
+    arr = np.asarray(x)
+    if arr.dtype == object:  # a 1 x 1 cell around the char array
+        arr = np.asarray(arr.ravel()[0])
+    if arr.dtype.kind != "U" or arr.size != 1:
+        raise TypeError(f"expected a string, got {arr.dtype} {arr.shape}")
+    return str(arr.ravel()[0])
 
 
 def load_gt(gt_dir: str | Path) -> WiderGT:
+    """Read the official WIDER FACE val ground truth (or a ``write_demo`` one) from ``gt_dir``."""
     gt_dir = Path(gt_dir)
     if not gt_dir.is_dir():
         raise DeployzooError(f"{gt_dir}: ground-truth directory not found")
     path = gt_dir / GT_FILES["all"]
     m = _loadmat(path, ("face_bbx_list", "event_list", "file_list"))
     try:
-        events = [_cell_str(e[0]) for e in m["event_list"]]
-        files = [[_cell_str(f[0]) for f in fl[0]] for fl in m["file_list"]]
-        boxes = [[np.asarray(b[0], dtype=np.float64).reshape(-1, 4) for b in bl[0]] for bl in m["face_bbx_list"]]
+        events = [_cell_str(e) for e in _cells(m["event_list"])]
+        files = [[_cell_str(f) for f in _cells(fl)] for fl in _cells(m["file_list"])]
+        boxes = [[np.asarray(b, dtype=np.float64).reshape(-1, 4) for b in _cells(bl)]
+                 for bl in _cells(m["face_bbx_list"])]
     except (IndexError, TypeError, ValueError) as exc:
         raise DeployzooError(f"{path}: unexpected structure ({exc})") from None
     if not (len(events) == len(files) == len(boxes)) or any(len(a) != len(b) for a, b in zip(files, boxes)):
@@ -67,96 +106,146 @@ def load_gt(gt_dir: str | Path) -> WiderGT:
         p = gt_dir / GT_FILES[setting]
         gl = _loadmat(p, ("gt_list",))["gt_list"]
         try:
-            per = [[np.asarray(g[0], dtype=np.int64).ravel() for g in ev[0]] for ev in gl]
+            # uint8 / uint16 in the real files: widen before anyone subtracts 1
+            per = [[np.asarray(g).astype(np.int64).ravel() for g in _cells(ev)] for ev in _cells(gl)]
         except (IndexError, TypeError, ValueError) as exc:
             raise DeployzooError(f"{p}: unexpected gt_list structure ({exc})") from None
         if len(per) != len(events) or any(len(a) != len(b) for a, b in zip(per, files)):
-            raise DeployzooError(f"{p}: gt_list does not match {GT_FILES['all']} (events or image counts differ)")
-        for ev_keep, ev_boxes in zip(per, boxes):
-            for k, b in zip(ev_keep, ev_boxes):
+            raise DeployzooError(f"{p}: gt_list does not match {GT_FILES['all']} (event or image counts differ)")
+        for e, (ev_keep, ev_boxes) in enumerate(zip(per, boxes)):
+            for j, (k, b) in enumerate(zip(ev_keep, ev_boxes)):
                 if k.size and (k.min() < 1 or k.max() > len(b)):
-                    raise DeployzooError(f"{p}: gt_list index out of range for an image with {len(b)} faces")
+                    raise DeployzooError(f"{p}: gt_list index out of range for {events[e]}/{files[e][j]} "
+                                         f"({len(b)} faces)")
         keep[setting] = per
-    return WiderGT(events, files, boxes, keep)
+    gt = WiderGT(events, files, boxes, keep)
+    log.debug("WIDER GT %s: %d events, %d images, %d faces", gt_dir, len(events), gt.n_images, gt.n_faces())
+    return gt
 
 
 # --------------------------------------------------------------------------------------------- demo data
 
+# The astronaut's face in skimage.data.astronaut() (a public-domain NASA portrait, 512 x 512), as x1, y1, x2, y2
+# in pixels: cheek to cheek and hairline to chin. The official RetinaFace-mnet puts its box at about
+# (178, 57, 270, 176) on this image at several scales, so the demo ground truth agrees with a WIDER detector.
+FACE_BOX = (178, 60, 270, 176)
+MIN_WIDTH = {"easy": 100, "medium": 50, "hard": 0}  # a face counts for a setting when wider than this
+
 
 def _face_crop() -> np.ndarray:
-    """The astronaut's face (skimage.data.astronaut, a public-domain NASA photo), BGR, tight box."""
+    """The astronaut's face, BGR, cut at FACE_BOX."""
     import cv2
     from skimage.data import astronaut
 
-    img = cv2.cvtColor(astronaut(), cv2.COLOR_RGB2BGR)
-    return img[62:172, 178:268].copy()  # x 178..268, y 62..172 (checked against the real detector)
+    x1, y1, x2, y2 = FACE_BOX
+    return np.ascontiguousarray(cv2.cvtColor(astronaut()[y1:y2, x1:x2], cv2.COLOR_RGB2BGR))
 
 
-def _obj_array(items: list) -> np.ndarray:
+def _cell_array(items: list[Any]) -> np.ndarray:
+    """An N x 1 object array: what savemat writes as an N x 1 cell (and loadmat gives back)."""
     arr = np.empty((len(items), 1), dtype=object)
     for i, it in enumerate(items):
         arr[i, 0] = it
     return arr
 
 
+def _index_dtype(n: int) -> type:
+    """MATLAB's choice for the gt_list indices in the real files: the smallest unsigned type that fits."""
+    return np.uint8 if n <= np.iinfo(np.uint8).max else np.uint16
+
+
+def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """A textured random background: coloured waves, a few blocks and pixel noise."""
+    ys = np.arange(h, dtype=np.float32)[:, None]
+    xs = np.arange(w, dtype=np.float32)[None, :]
+    img = np.empty((h, w, 3), dtype=np.float32)
+    for c in range(3):
+        fx, fy = rng.uniform(6, 40, 2)
+        img[..., c] = (np.sin(xs / fx + rng.uniform(0, 6)) * 35 + np.cos(ys / fy + rng.uniform(0, 6)) * 35
+                       + rng.uniform(70, 180))
+    for _ in range(int(rng.integers(2, 6))):
+        x0, y0 = int(rng.integers(0, w - 20)), int(rng.integers(0, h - 20))
+        bw, bh = int(rng.integers(20, w // 3)), int(rng.integers(20, h // 3))
+        img[y0:y0 + bh, x0:x0 + bw] = rng.uniform(0, 255, 3)
+    img += rng.normal(0, 10, (h, w, 1)).astype(np.float32)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _place_faces(rng: np.random.Generator, h: int, w: int, face_hw: tuple[int, int],
+                 n: int) -> list[tuple[int, int, int, int]]:
+    """Up to n non-overlapping (x, y, w, h) boxes with the face's aspect ratio, widths ~24..220 px."""
+    fh, fw = face_hw
+    placed: list[tuple[int, int, int, int]] = []
+    for _ in range(n):
+        for _try in range(50):
+            bw = int(rng.integers(24, 221))
+            bh = max(2, int(round(bw * fh / fw)))
+            if bw >= w or bh >= h:
+                continue
+            x, y = int(rng.integers(0, w - bw + 1)), int(rng.integers(0, h - bh + 1))
+            if all(x + bw <= px or px + pw <= x or y + bh <= py or py + ph <= y for px, py, pw, ph in placed):
+                placed.append((x, y, bw, bh))
+                break
+    return placed
+
+
 def write_demo(root: str | Path, n_images: int = 24, n_events: int = 3, seed: int = 0,
                image_size: tuple[int, int] = (480, 640)) -> Path:
-    """Write a small WIDER-layout dataset: WIDER_val/images/<event>/<name>.jpg and ground_truth/*.mat.
+    """Write a small WIDER-layout dataset under ``root`` and return ``root``.
 
-    Each image pastes 1..4 copies of a real face at random scales onto a textured background; the pasted boxes
-    are the ground truth. Easy keeps faces wider than 100 px, medium wider than 50, hard all of them.
+    Layout: ``WIDER_val/images/<event>/<name>.jpg``, ``ground_truth/wider_{face,easy,medium,hard}_val.mat``
+    (same variables, nesting and dtypes as the official files) and ``wider_val.txt``. Each image pastes 1..4
+    copies of a real face (the astronaut of skimage) at random scales and places onto a textured background;
+    the pasted boxes are the ground truth. Easy keeps faces wider than 100 px, medium wider than 50, hard all.
+    Deterministic for a seed.
     """
     import cv2
     from scipy.io import savemat
 
+    if n_images < 1 or n_events < 1:
+        raise DeployzooError(f"{root}: write_demo needs n_images >= 1 and n_events >= 1")
     root = Path(root)
+    h, w = int(image_size[0]), int(image_size[1])
     rng = np.random.default_rng(seed)
     face = _face_crop()
-    fh, fw = face.shape[:2]
-    h, w = image_size
     events = [f"{i}--Demo" for i in range(n_events)]
     files: list[list[str]] = [[] for _ in events]
     boxes: list[list[np.ndarray]] = [[] for _ in events]
-    keeps: dict[str, list[list[np.ndarray]]] = {s: [[] for _ in events] for s in SETTINGS}
-    min_w = {"easy": 100, "medium": 50, "hard": 0}
-    lines = []
+    lines: list[str] = []
     for k in range(n_images):
         e = k % n_events
         name = f"{e}_Demo_demo_{seed}_{k}"
-        ys, xs = np.mgrid[0:h, 0:w]
-        base = (np.sin(xs / rng.uniform(8, 40)) * 40 + np.cos(ys / rng.uniform(8, 40)) * 40 + 100).astype(np.float32)
-        img = np.dstack([base + rng.uniform(-40, 40) for _ in range(3)])
-        img = np.clip(img + rng.normal(0, 12, img.shape), 0, 255).astype(np.uint8)
-        placed: list[tuple[int, int, int, int]] = []
-        for _ in range(int(rng.integers(1, 5))):
-            for _try in range(30):
-                bw = int(rng.uniform(24, 220))
-                bh = max(2, int(round(bw * fh / fw)))
-                if bw >= w or bh >= h:
-                    continue
-                x, y = int(rng.integers(0, w - bw)), int(rng.integers(0, h - bh))
-                if all(x + bw < px or px + pw < x or y + bh < py or py + ph < y for px, py, pw, ph in placed):
-                    img[y:y + bh, x:x + bw] = cv2.resize(face, (bw, bh), interpolation=cv2.INTER_AREA)
-                    placed.append((x, y, bw, bh))
-                    break
-        rel = Path("WIDER_val") / "images" / events[e] / f"{name}.jpg"
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(str(root / rel), img, [cv2.IMWRITE_JPEG_QUALITY, 92])
+        img = _background(rng, h, w)
+        placed = _place_faces(rng, h, w, face.shape[:2], int(rng.integers(1, 5)))
+        for x, y, bw, bh in placed:
+            interp = cv2.INTER_AREA if bw < face.shape[1] else cv2.INTER_LINEAR
+            img[y:y + bh, x:x + bw] = cv2.resize(face, (bw, bh), interpolation=interp)
+        rel = f"{events[e]}/{name}.jpg"
+        out = root / "WIDER_val" / "images" / rel
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if not cv2.imwrite(str(out), img, [cv2.IMWRITE_JPEG_QUALITY, 92]):
+            raise DeployzooError(f"{out}: cannot write image")
         files[e].append(name)
-        b = np.asarray(placed, dtype=np.int32).reshape(-1, 4)
-        boxes[e].append(b)
-        for s in SETTINGS:
-            keeps[s][e].append((np.flatnonzero(b[:, 2] > min_w[s]) + 1).astype(np.uint8).reshape(-1, 1))
-        lines.append(f"{events[e]}/{name}.jpg")
-    gt = root / "ground_truth"
-    gt.mkdir(parents=True, exist_ok=True)
-    common = {
-        "event_list": _obj_array([np.array([ev]) for ev in events]),
-        "file_list": _obj_array([_obj_array([np.array([f]) for f in fl]) for fl in files]),
-        "face_bbx_list": _obj_array([_obj_array(bl) for bl in boxes]),
+        boxes[e].append(np.asarray(placed, dtype=np.int32).reshape(-1, 4))
+        lines.append(rel)
+    events_used = [i for i, f in enumerate(files) if f]  # n_events > n_images leaves some empty: drop them
+    events = [events[i] for i in events_used]
+    files = [files[i] for i in events_used]
+    boxes = [boxes[i] for i in events_used]
+    common: dict[str, Any] = {
+        "event_list": _cell_array([np.array([ev]) for ev in events]),
+        "file_list": _cell_array([_cell_array([np.array([f]) for f in fl]) for fl in files]),
+        "face_bbx_list": _cell_array([_cell_array(bl) for bl in boxes]),
     }
-    savemat(str(gt / GT_FILES["all"]), common)
+    for key in LABEL_KEYS:  # attributes the evaluation ignores; zeros, uint8 K x 1 as in the real files
+        common[key] = _cell_array([_cell_array([np.zeros((len(b), 1), np.uint8) for b in bl]) for bl in boxes])
+    gt_dir = root / "ground_truth"
+    gt_dir.mkdir(parents=True, exist_ok=True)
+    savemat(str(gt_dir / GT_FILES["all"]), common)
     for s in SETTINGS:
-        savemat(str(gt / GT_FILES[s]), {**common, "gt_list": _obj_array([_obj_array(kl) for kl in keeps[s]])})
+        keep = [_cell_array([(np.flatnonzero(b[:, 2] > MIN_WIDTH[s]) + 1).astype(_index_dtype(len(b))).reshape(-1, 1)
+                             for b in bl]) for bl in boxes]
+        savemat(str(gt_dir / GT_FILES[s]), {**common, "gt_list": _cell_array(keep)})
     (root / "wider_val.txt").write_text("\n".join(lines) + "\n")
+    log.info("wrote WIDER demo set %s: %d images, %d faces", root, n_images, sum(len(b) for bl in boxes for b in bl))
     return root

@@ -1,16 +1,34 @@
 """The official WIDER FACE evaluation (Easy / Medium / Hard AP), vectorised.
 
-Same definition as the original tool (the Python port in biubug6/Pytorch_Retinaface `widerface_evaluate`):
-global min-max score normalisation; per image, predictions in file order are matched to the ground-truth face
-of highest IoU ("+1" pixel convention); a match >= 0.5 on a face outside the setting's keep list marks the
-proposal as ignored, on a kept face recalls it once; per threshold t = 1 - (k+1)/1000 the counts are read at
-the LAST prediction whose score >= t (files are not re-sorted); AP is VOC's area under the precision envelope.
+It computes the same thing as the original tool (ported to Python in biubug6/Pytorch_Retinaface,
+``widerface_evaluate/evaluation.py``):
+
+1. Scores are min-max normalised over ALL predictions read, with the running max starting at 0 and the
+   running min at 1 (so scores already inside [0, 1] are stretched to span it exactly).
+2. Per image, boxes become x1 y1 x2 y2 (x2 = x + w) and IoU uses the "+1" pixel convention.
+3. Predictions are taken in file order (never re-sorted). Each takes its highest-IoU face (the first on ties).
+   At IoU >= 0.5, a face outside the setting's keep list makes the prediction "ignored" (not a proposal);
+   a kept face is recalled the first time it is hit.
+4. For threshold t = 1 - (k + 1) / 1000, k = 0..999, an image contributes its counts up to the LAST
+   prediction whose score >= t. Images without faces or without predictions add nothing, but their kept
+   faces still count in the recall denominator.
+5. precision = recalled / proposals, recall = recalled / kept faces; AP is the VOC area under the precision
+   envelope.
+
+The original loops over predictions and thresholds in Python; here each image is a handful of numpy calls
+shared by the three settings (tests/test_widerface_metric.py checks it against a literal transcription).
+
+Reading differs from the official get_preds only where the official one would crash or misread: blank lines
+and extra spaces or tabs are accepted, a line that is not exactly five numbers is an error (the official
+tool silently uses the first five tokens, and skips a line that starts with a space), and only ``*.txt``
+files are read.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,53 +39,90 @@ from deployzoo.errors import DeployzooError
 
 log = logging.getLogger(__name__)
 
-Preds = dict[str, dict[str, np.ndarray]]
+Preds = dict[str, dict[str, np.ndarray]]  # event -> image name (no .jpg) -> N x 5 (x, y, w, h, score)
 
 
 @dataclass
 class WiderResult:
     ap: dict[str, float]
-    curves: dict[str, tuple[np.ndarray, np.ndarray]]  # setting -> (precision, recall) per threshold
+    curves: dict[str, tuple[np.ndarray, np.ndarray]]  # setting -> (precision, recall), one entry per threshold
+    thresholds: np.ndarray | None = None  # the normalised-score thresholds of the curve entries
 
     def to_json(self) -> dict[str, float]:
         return {s: float(self.ap[s]) for s in SETTINGS}
 
 
-def _read_pred_file(path: Path) -> tuple[str, np.ndarray]:
-    try:
-        with open(path) as f:
-            text = f.read()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DeployzooError(f"{path}: cannot read prediction file ({exc})") from None
-    head, _, body = text.partition("\n")
-    _, _, body = body.partition("\n")
-    if not head.strip() and not body:
-        raise DeployzooError(f"{path}: prediction file needs a name line and a count line")
-    # the official key: basename of the name line with '.jpg' characters stripped from the right
-    key = head.strip().split("/")[-1].rstrip(".jpg")
-    rows = [ln for ln in body.splitlines() if ln.strip()]
-    try:
-        arr = np.array(body.split(), dtype=np.float64)
-        if arr.size != 5 * len(rows):
-            raise ValueError
-    except ValueError:
-        for i, line in enumerate(text.splitlines()[2:], start=3):
-            parts = line.split()
-            if parts and (len(parts) != 5 or not all(_is_float(v) for v in parts)):
-                raise DeployzooError(f"{path}:{i}: malformed line {line.strip()[:60]!r} (expected x y w h score)") from None
-        raise DeployzooError(f"{path}: malformed prediction lines") from None
-    return key, arr.reshape(-1, 5)
+# --------------------------------------------------------------------------------------------- reading
 
 
-def _is_float(v: str) -> bool:
+def _slow_numbers(path: Path, body: bytes, first_line: int) -> np.ndarray:
+    """float() per token, line by line; names the first line that is not five numbers."""
+    rows: list[list[float]] = []
+    for i, raw in enumerate(body.split(b"\n"), start=first_line):
+        parts = raw.split()
+        if not parts:
+            continue
+        try:
+            if len(parts) != 5:
+                raise ValueError
+            rows.append([float(p) for p in parts])
+        except ValueError:
+            text = raw.decode("utf-8", "replace").strip()[:60]
+            raise DeployzooError(f"{path}:{i}: malformed line {text!r} (expected 'x y w h score')") from None
+    return np.asarray(rows, dtype=np.float64).reshape(-1, 5)
+
+
+def read_pred_file(path: str | Path) -> tuple[str, np.ndarray]:
+    """One prediction file: (image key, N x 5 float64 x y w h score).
+
+    Line 1 is the image name (a path is allowed); the key is its basename with '.jpg' characters stripped
+    from the right, exactly as the official tool does (``rstrip('.jpg')``). Line 2, the box count, is not
+    used (nor is it by the official tool). Each further non-blank line is 'x y w h score'.
+    """
+    path = Path(path)
     try:
-        float(v)
-    except ValueError:
-        return False
-    return True
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DeployzooError(f"{path}: cannot read prediction file ({exc.strerror or exc})") from None
+    head, _, rest = data.partition(b"\n")
+    _, _, body = rest.partition(b"\n")
+    try:
+        name = head.rstrip(b"\r\n").decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise DeployzooError(f"{path}:1: image name is not UTF-8 text") from None
+    if not name:
+        raise DeployzooError(f"{path}:1: first line must be the image name")
+    key = name.split("/")[-1].rstrip(".jpg")
+    if not body.strip():
+        return key, np.zeros((0, 5))
+    try:  # numpy's C reader: exact (float()'s rounding) and it rejects rows of unequal length
+        text = body.decode("utf-8")
+        arr = np.loadtxt(text.split("\n"), dtype=np.float64, comments=None, ndmin=2)
+        if arr.shape[1] == 5:
+            return key, arr
+    except (UnicodeDecodeError, ValueError):
+        pass
+    return key, _slow_numbers(path, body, 3)  # float() per token (as the official), or an error naming the line
+
+
+def _read_event_dir(ev_dir: Path) -> dict[str, np.ndarray]:
+    cur: dict[str, np.ndarray] = {}
+    with os.scandir(ev_dir) as it:
+        entries = sorted((e for e in it if e.is_file() and e.name.endswith(".txt")), key=lambda e: e.name)
+    for entry in entries:
+        key, arr = read_pred_file(entry.path)
+        if key in cur:
+            log.warning("%s: image %r is also in another file of %s; keeping this one", entry.path, key, ev_dir)
+        cur[key] = arr
+    return cur
 
 
 def read_predictions(pred_dir: str | Path, gt: WiderGT) -> Preds:
+    """Read ``pred_dir/<event>/<name>.txt`` for every image of ``gt`` (the official layout).
+
+    Event directories that the ground truth does not name are read too, as the official tool does: their
+    scores take part in the global score normalisation (a warning says so).
+    """
     pred_dir = Path(pred_dir)
     if not pred_dir.is_dir():
         raise DeployzooError(f"{pred_dir}: prediction directory not found")
@@ -75,88 +130,125 @@ def read_predictions(pred_dir: str | Path, gt: WiderGT) -> Preds:
     for event, names in zip(gt.events, gt.files):
         ev_dir = pred_dir / event
         if not ev_dir.is_dir():
-            raise DeployzooError(f"{pred_dir}: predictions for event {event!r} missing (no {ev_dir.name}/ directory)")
-        cur: dict[str, np.ndarray] = {}
-        with os.scandir(ev_dir) as it:
-            for entry in it:
-                if entry.is_file() and entry.name.endswith(".txt"):
-                    key, arr = _read_pred_file(Path(entry.path))
-                    cur[key] = arr
+            raise DeployzooError(f"{pred_dir}: predictions for event {event!r} missing (no {event}/ directory)")
+        cur = _read_event_dir(ev_dir)
         for n in names:
             if n not in cur:
-                raise DeployzooError(f"{ev_dir}: no predictions for image {n!r} ({n}.txt missing)")
+                raise DeployzooError(f"{ev_dir}: no predictions for image {event}/{n} ({n}.txt missing)")
         preds[event] = cur
+    known = set(gt.events)
+    extra = sorted(e.name for e in os.scandir(pred_dir) if e.is_dir() and e.name not in known)
+    for event in extra:
+        preds[event] = _read_event_dir(pred_dir / event)
+    if extra:
+        log.warning("%s: %d event dirs not in the ground truth (%s); their scores count in the score "
+                    "normalisation, as in the official tool", pred_dir, len(extra), ", ".join(extra[:3]))
     return preds
 
 
-def _normalise_scores(preds: Preds) -> None:
-    """Official norm_score: (s - min) / (max - min) over all predictions, starting from max 0 and min 1."""
-    lo, hi = 1.0, 0.0
-    for ev in preds.values():
-        for v in ev.values():
-            if len(v):
-                lo, hi = min(lo, float(v[:, 4].min())), max(hi, float(v[:, 4].max()))
-    diff = hi - lo
-    for ev in preds.values():
-        for v in ev.values():
-            if len(v):
-                v[:, 4] = (v[:, 4] - lo) / diff
-
-
-def _overlaps(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
-    """IoU of x1y1x2y2 boxes with the +1 pixel convention of the official bbox_overlaps."""
-    iw = np.minimum(pred[:, None, 2], gt[None, :, 2]) - np.maximum(pred[:, None, 0], gt[None, :, 0]) + 1
-    ih = np.minimum(pred[:, None, 3], gt[None, :, 3]) - np.maximum(pred[:, None, 1], gt[None, :, 1]) + 1
-    inter = iw * ih
-    ap = (pred[:, 2] - pred[:, 0] + 1) * (pred[:, 3] - pred[:, 1] + 1)
-    ag = (gt[:, 2] - gt[:, 0] + 1) * (gt[:, 3] - gt[:, 1] + 1)
-    ua = ap[:, None] + ag[None, :] - inter
-    with np.errstate(divide="ignore", invalid="ignore"):
-        out = np.where((iw > 0) & (ih > 0), inter / ua, 0.0)
+def _check_preds(preds: Preds, gt: WiderGT) -> Preds:
+    """A float64 N x 5 copy of in-memory predictions, checked against the ground truth."""
+    out: Preds = {}
+    for event, d in preds.items():
+        out[event] = {}
+        for name, v in d.items():
+            a = np.array(v, dtype=np.float64)
+            if a.size == 0:
+                a = a.reshape(0, 5)
+            if a.ndim != 2 or a.shape[1] != 5:
+                raise DeployzooError(f"predictions {event}/{name}: expected N x 5 (x y w h score), got {a.shape}")
+            out[event][name] = a
+    for event, names in zip(gt.events, gt.files):
+        if event not in out:
+            raise DeployzooError(f"predictions: event {event!r} missing")
+        for n in names:
+            if n not in out[event]:
+                raise DeployzooError(f"predictions: image {event}/{n} missing")
     return out
 
 
-def _best_match(pred: np.ndarray, gt_xywh: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per prediction: the highest IoU with any ground-truth face and that face's index (first on ties)."""
-    p = pred[:, :4].copy()
-    p[:, 2:] += p[:, :2]
-    g = gt_xywh.copy()
-    g[:, 2:] += g[:, :2]
-    ov = _overlaps(p, g)
-    return ov.max(axis=1), ov.argmax(axis=1)
+# --------------------------------------------------------------------------------------------- evaluation
 
 
-def _image_pr(pred: np.ndarray, n_gt: int, keep_idx: np.ndarray, iou_thresh: float, thresholds: np.ndarray,
-              best: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-    """Per-threshold (proposals, recalled) counts of one image, exactly as the official image_eval + img_pr_info."""
+def _normalise_scores(preds: Preds) -> None:
+    """Official norm_score, in place: (s - min) / (max - min) over all predictions, from max 0 and min 1."""
+    lo, hi = 1.0, 0.0
+    for event, ev in preds.items():
+        for name, v in ev.items():
+            if len(v):
+                if not np.isfinite(v).all():  # the official result would depend on the directory listing order
+                    raise DeployzooError(f"predictions for {event}/{name}: NaN or infinite values")
+                lo, hi = min(float(v[:, 4].min()), lo), max(float(v[:, 4].max()), hi)
+    diff = hi - lo
+    if diff == 0:
+        log.warning("all prediction scores equal %g: the official normalisation divides by zero (scores become "
+                    "NaN and every AP 0); give the predictions distinct scores", lo)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for ev in preds.values():
+            for v in ev.values():
+                if len(v):
+                    v[:, 4] = (v[:, 4] - lo) / diff
+
+
+def _best_match(pred_xywh: np.ndarray, gt_xywh: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per prediction: highest IoU with any face and that face's index (first on ties).
+
+    The arithmetic is the official bbox_overlaps (Cython) term by term: x2 = x + w, widths and heights +1,
+    IoU = iw * ih / (pred_area + gt_area - iw * ih), and 0 unless iw > 0 and ih > 0.
+    """
+    px1, py1 = pred_xywh[:, 0:1], pred_xywh[:, 1:2]
+    px2, py2 = px1 + pred_xywh[:, 2:3], py1 + pred_xywh[:, 3:4]
+    gx1, gy1 = gt_xywh[:, 0], gt_xywh[:, 1]
+    gx2, gy2 = gx1 + gt_xywh[:, 2], gy1 + gt_xywh[:, 3]
+    iw = np.minimum(px2, gx2)
+    iw -= np.maximum(px1, gx1)
+    iw += 1
+    ih = np.minimum(py2, gy2)
+    ih -= np.maximum(py1, gy1)
+    ih += 1
+    valid = iw > 0
+    valid &= ih > 0
+    inter = iw * ih
+    ua = (px2 - px1 + 1) * (py2 - py1 + 1) + (gx2 - gx1 + 1) * (gy2 - gy1 + 1)
+    ua -= inter
+    ov = np.zeros_like(inter)
+    np.divide(inter, ua, out=ov, where=valid)
+    arg = ov.argmax(axis=1)
+    return ov[np.arange(len(ov)), arg], arg
+
+
+def _image_counts(pred: np.ndarray, gt_xywh: np.ndarray, kept: np.ndarray, iou_thresh: float,
+                  thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(proposals, recalled) per setting and threshold for one image: the official image_eval + img_pr_info.
+
+    kept: S x K bool, face k counts for setting s. Returns two S x T arrays.
+    """
     n = pred.shape[0]
-    max_ov, arg = best
-    kept = np.zeros(n_gt, dtype=bool)
-    if keep_idx.size:
-        kept[keep_idx - 1] = True
+    max_ov, arg = _best_match(pred, gt_xywh)
     matched = max_ov >= iou_thresh
-    proposal = ~(matched & ~kept[arg])  # matched to an ignored face -> not a proposal
-    hit = matched & kept[arg]
-    # a kept face is recalled at the first prediction that hits it
-    first = np.zeros(n, dtype=np.int64)
-    if hit.any():
-        hit_idx = np.flatnonzero(hit)
-        _, first_pos = np.unique(arg[hit_idx], return_index=True)
-        np.add.at(first, hit_idx[first_pos], 1)
-    pred_recall = np.cumsum(first)
-    prop_cum = np.cumsum(proposal)
-    # last index whose score >= t: the number of positions whose suffix-max score is >= t, minus one
+    kept_arg = kept[:, arg]  # S x N: the matched face counts for the setting
+    proposal = kept_arg | ~matched  # a match on an ignored face is not a proposal
+    # a counted face is recalled by the first prediction that matches it (whatever the setting)
+    m_idx = np.flatnonzero(matched)
+    _, first = np.unique(arg[m_idx], return_index=True)
+    first_pred = m_idx[first]
+    recall_step = np.zeros((kept.shape[0], n), dtype=np.int64)
+    recall_step[:, first_pred] = kept_arg[:, first_pred]
+    # the LAST prediction with score >= t, in file order: suffix maxima are non-increasing, and the number
+    # of positions whose suffix maximum is >= t is that index + 1
     suffix_max = np.maximum.accumulate(pred[::-1, 4])[::-1]
-    count = np.searchsorted(-suffix_max, -thresholds, side="right")  # suffix_max is non-increasing
-    out = np.zeros((thresholds.size, 2))
+    count = np.searchsorted(-suffix_max, -thresholds, side="right")
     has = count > 0
     last = count[has] - 1
-    out[has, 0] = prop_cum[last]
-    out[has, 1] = pred_recall[last]
-    return out
+    props = np.zeros((kept.shape[0], thresholds.size))
+    recs = np.zeros((kept.shape[0], thresholds.size))
+    props[:, has] = np.cumsum(proposal, axis=1)[:, last]
+    recs[:, has] = np.cumsum(recall_step, axis=1)[:, last]
+    return props, recs
 
 
 def voc_ap(rec: np.ndarray, prec: np.ndarray) -> float:
+    """VOC AP: area under the monotone (right-to-left running max) precision envelope."""
     mrec = np.concatenate(([0.0], rec, [1.0]))
     mpre = np.concatenate(([0.0], prec, [0.0]))
     mpre = np.maximum.accumulate(mpre[::-1])[::-1]
@@ -166,46 +258,60 @@ def voc_ap(rec: np.ndarray, prec: np.ndarray) -> float:
 
 def evaluate(pred: str | Path | Preds, gt: str | Path | WiderGT, iou_thresh: float = 0.5,
              thresh_num: int = 1000) -> WiderResult:
+    """Official WIDER FACE AP for the easy / medium / hard settings.
+
+    pred: a prediction directory (official layout) or {event: {image: N x 5 x y w h score}}.
+    gt: a ground-truth directory (the four .mat files) or a loaded WiderGT.
+    """
+    if thresh_num < 1:
+        raise DeployzooError(f"thresh_num must be >= 1, got {thresh_num}")
+    t0 = time.perf_counter()
     gt = gt if isinstance(gt, WiderGT) else load_gt(gt)
-    preds = read_predictions(pred, gt) if not isinstance(pred, dict) else {e: {k: v.copy() for k, v in d.items()}
-                                                                           for e, d in pred.items()}
+    preds = _check_preds(pred, gt) if isinstance(pred, dict) else read_predictions(pred, gt)
+    t1 = time.perf_counter()
     _normalise_scores(preds)
     thresholds = 1.0 - (np.arange(thresh_num) + 1) / thresh_num
-    pr = {s: np.zeros((thresh_num, 2)) for s in SETTINGS}
-    count_face = dict.fromkeys(SETTINGS, 0)
+    n_set = len(SETTINGS)
+    proposals = np.zeros((n_set, thresh_num))
+    recalled = np.zeros((n_set, thresh_num))
+    count_face = np.zeros(n_set, dtype=np.int64)
     for i, event in enumerate(gt.events):
         ev_pred = preds[event]
         for j, name in enumerate(gt.files[i]):
-            p = ev_pred[name]
-            g = gt.boxes[i][j]
-            for setting in SETTINGS:
-                count_face[setting] += len(gt.keep[setting][i][j])
+            keeps = [gt.keep[s][i][j] for s in SETTINGS]
+            count_face += [len(k) for k in keeps]
+            p, g = ev_pred[name], gt.boxes[i][j]
             if len(g) == 0 or len(p) == 0:
                 continue
-            best = _best_match(p, g)  # the IoU matching does not depend on the setting
-            for setting in SETTINGS:
-                pr[setting] += _image_pr(p, len(g), gt.keep[setting][i][j], iou_thresh, thresholds, best)
+            kept = np.zeros((n_set, len(g)), dtype=bool)
+            for s, k in enumerate(keeps):
+                kept[s, k - 1] = True
+            a, b = _image_counts(p, g, kept, iou_thresh, thresholds)
+            proposals += a
+            recalled += b
     ap: dict[str, float] = {}
     curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    for setting in SETTINGS:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            precision = pr[setting][:, 1] / pr[setting][:, 0]
-            recall = pr[setting][:, 1] / count_face[setting]
-        curves[setting] = (precision, recall)
-        ap[setting] = voc_ap(recall, precision)
-    return WiderResult(ap, curves)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for s, setting in enumerate(SETTINGS):
+            precision = recalled[s] / proposals[s]
+            recall = recalled[s] / count_face[s]
+            curves[setting] = (precision, recall)
+            ap[setting] = voc_ap(recall, precision)
+    log.debug("WIDER eval: read %.2fs, match %.2fs, AP %s", t1 - t0, time.perf_counter() - t1, ap)
+    return WiderResult(ap, curves, thresholds)
 
 
 def plot_pr(result: WiderResult, path: str | Path, title: str | None = None) -> Path:
-    import matplotlib
+    """PR curves of the three settings (AP in the legend) as a PNG; no global matplotlib state is touched."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 4))
+    fig = Figure(figsize=(5, 4))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
     for s in SETTINGS:
         prec, rec = result.curves[s]
-        ok = np.isfinite(prec)
+        ok = np.isfinite(prec) & np.isfinite(rec)
         ax.plot(rec[ok], prec[ok], label=f"{s} AP {result.ap[s]:.4f}")
     ax.set_xlabel("recall")
     ax.set_ylabel("precision")
@@ -218,6 +324,4 @@ def plot_pr(result: WiderResult, path: str | Path, title: str | None = None) -> 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
-
