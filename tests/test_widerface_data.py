@@ -13,21 +13,14 @@ from deployzoo.data.widerface import FACE_BOX, WiderGT, load_gt, write_demo
 from deployzoo.errors import DeployzooError
 from deployzoo.metrics.widerface import evaluate
 
+from conftest import FIXTURES, need_fixture
+
 SETTINGS = ("easy", "medium", "hard")
 MAT_NAMES = ("wider_face_val.mat", "wider_easy_val.mat", "wider_medium_val.mat", "wider_hard_val.mat")
 
 
-def _fixtures() -> Path:
-    for base in (Path(__file__).resolve().parents[1].parent / "shared" / "fixtures", Path("/work/shared/fixtures")):
-        if base.is_dir():
-            return base
-    return Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
-
-
-REAL_GT = _fixtures() / "widerface" / "ground_truth"
-need_real_gt = pytest.mark.skipif(not (REAL_GT / "wider_face_val.mat").is_file(),
-                                  reason=f"needs the official WIDER FACE val .mat files in {REAL_GT} "
-                                         "(../shared/fixtures is not part of a fresh clone)")
+REAL_GT = FIXTURES / "widerface" / "ground_truth"
+need_real_gt = need_fixture(REAL_GT / "wider_face_val.mat")
 
 
 @pytest.fixture(scope="module")

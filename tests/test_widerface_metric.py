@@ -21,20 +21,13 @@ from deployzoo.errors import DeployzooError
 from deployzoo.metrics.widerface import (WiderResult, evaluate, plot_pr, read_pred_file, read_predictions,
                                          voc_ap)
 
+from conftest import FIXTURES, need_fixture
+
 SETTINGS = ("easy", "medium", "hard")
 
 
-def _fixtures() -> Path:
-    for base in (Path(__file__).resolve().parents[1].parent / "shared" / "fixtures", Path("/work/shared/fixtures")):
-        if base.is_dir():
-            return base
-    return Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
-
-
-REAL_GT = _fixtures() / "widerface" / "ground_truth"
-need_real_gt = pytest.mark.skipif(not (REAL_GT / "wider_face_val.mat").is_file(),
-                                  reason=f"needs the official WIDER FACE val .mat files in {REAL_GT} "
-                                         "(../shared/fixtures is not part of a fresh clone)")
+REAL_GT = FIXTURES / "widerface" / "ground_truth"
+need_real_gt = need_fixture(REAL_GT / "wider_face_val.mat")
 
 
 # ============================================================================ the reference (official, literal)
