@@ -120,6 +120,7 @@ def predict(
                 cv2.imwrite(str(dst), task.render(img, rec))
             line = {"image": item.name, **{k: v for k, v in rec.items() if not k.startswith("_")}}
             fp.write(json.dumps(line, separators=(",", ":")) + "\n")
+            fp.flush()
             summary.written += 1
             bar.advance()
 
@@ -130,11 +131,7 @@ def predict(
             summary.skipped += 1
             bar.advance()
 
-        def flush_after(item: SourceItem, img: np.ndarray | None, rec: dict[str, Any]) -> None:
-            on_result(item, img, rec)
-            fp.flush()
-
-        run_batches(loaded, todo, batch=batch, on_result=flush_after, on_skip=on_skip, times=times,
+        run_batches(loaded, todo, batch=batch, on_result=on_result, on_skip=on_skip, times=times,
                     keep_image=save_img, workers=workers, post=merged)
         os.fsync(fp.fileno())
     summary.seconds = round(time.perf_counter() - t_start, 3)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -132,7 +133,12 @@ def run_pipeline(cfg: RunConfig) -> RunReport:
             pairs = [(r, by_name[r["image"]]) for r in ref_records if r["image"] in by_name]
             agree = agreement_ap([p[0] for p in pairs], [p[1] for p in pairs])
         accuracy[prec]["agreement_ap_vs_fp32"] = agree
-        agree_txt = "-" if agree is None else ("n/a (no fp32 detection >= 0.5)" if agree != agree else f"{agree:.4f}")
+        if agree is None:
+            agree_txt = "-"
+        elif math.isnan(agree):  # the fp32 engine found nothing to agree on
+            agree_txt = "n/a (no fp32 detection >= 0.5)"
+        else:
+            agree_txt = f"{agree:.4f}"
         acc_rows.append([f"{spec.name}-{variant}", prec, *[res[k] for k in data.accuracy_keys], agree_txt])
     # ---------------------------------------------------------------- bench
     bench_rows: list[dict[str, Any]] = []
