@@ -15,11 +15,11 @@ from typing import Any
 import numpy as np
 import psutil
 
-from deployzoo.data.images import list_source
 from deployzoo.engine import batch_allows, machine, now_iso, versions
 from deployzoo.errors import DeployzooError
 from deployzoo.pipeline import STAGES, StageTimes, load_engine, run_batches
 from deployzoo.progress import progress_bar
+from deployzoo.tasks.base import task_source
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,10 @@ def bench_engine(engine_dir: str | Path, cfg: BenchConfig) -> list[dict[str, Any
 
 def _time_batch(runner: Any, b: int, hw: tuple[int, int], cfg: BenchConfig, rng: np.random.Generator, bar: Any,
                 common: dict[str, Any]) -> dict[str, Any]:
-    x = (rng.random((b, 3, *hw), dtype=np.float32) * 255.0 - 120.0).astype(np.float32)
+    spec = runner.manifest["input"]  # random pixels, normalised as the engine's real inputs are
+    mean = np.asarray(spec.get("mean", [0.0] * 3), dtype=np.float32).reshape(1, 3, 1, 1)
+    std = np.asarray(spec.get("std", [1.0] * 3), dtype=np.float32).reshape(1, 3, 1, 1)
+    x = np.ascontiguousarray((rng.random((b, 3, *hw), dtype=np.float32) * 255.0 - mean) / std, dtype=np.float32)
     for _ in range(cfg.warmup):
         runner.run(x)
         bar.advance()
@@ -140,7 +143,7 @@ def _time_batch(runner: Any, b: int, hw: tuple[int, int], cfg: BenchConfig, rng:
 
 
 def _bench_e2e(loaded: Any, cfg: BenchConfig, common: dict[str, Any]) -> list[dict[str, Any]]:
-    _, items = list_source(cfg.e2e_source)  # type: ignore[arg-type]
+    _, items = task_source(loaded.task, cfg.e2e_source)  # type: ignore[arg-type]
     if cfg.e2e_limit:
         items = items[: cfg.e2e_limit]
     rows = []

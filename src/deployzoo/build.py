@@ -11,7 +11,7 @@ from deployzoo.engine import FORMAT, MANIFEST, RANDOM_WEIGHTS_WARNING, atomic_di
 from deployzoo.errors import DeployzooError
 from deployzoo.export import read_onnx_meta
 from deployzoo.quant.calib import CalibSet, make_calib_set
-from deployzoo.registry import canonical_precision, get_backend
+from deployzoo.registry import canonical_precision, get_backend, get_task
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,8 @@ def build_engine(
     if precision == "int8":
         if calib is None:
             raise DeployzooError("int8 needs calibration images: pass --calib DIR (separate from the evaluation set)")
-        cs = calib if isinstance(calib, CalibSet) else make_calib_set(calib, calib_size, calib_method)
+        cs = calib if isinstance(calib, CalibSet) else make_calib_set(calib, calib_size, calib_method,
+                                                                      task=get_task(meta["task"]))
     elif calib is not None:
         log.info("--calib ignored for precision %s", precision)
     out_dir = Path(out_dir)

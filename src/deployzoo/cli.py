@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import typer
 
 from deployzoo.errors import DeployzooError
@@ -111,7 +112,8 @@ def build(
 @app.command()
 def predict(
     engine: str = typer.Argument(..., help="Engine directory, or a model name to build (cached) and run."),
-    source: Path = typer.Option(..., help="Image DIR, FILE, LIST (.txt) or WIDER FACE root."),
+    source: Path = typer.Option(..., help="Image DIR, FILE, LIST (.txt) or WIDER FACE root; for arcface also an IJB-C "
+                                "root, a landmarks .txt, a RetinaFace predictions.jsonl or a .bin set."),
     output: Path = typer.Option(..., "-o", "--output", help="Output directory."),
     batch: Optional[int] = typer.Option(None, help="Batch size (default: 1, or the engine's fixed batch)."),
     fmt: list[str] = typer.Option(["jsonl"], "--format", help="jsonl (always written) and/or widerface."),
@@ -132,6 +134,7 @@ def predict(
     conf: Optional[float] = typer.Option(None, help="Score threshold override."),
     iou: Optional[float] = typer.Option(None, help="NMS IoU override."),
     max_det: Optional[int] = typer.Option(None, help="Max detections override."),
+    flip: Optional[bool] = typer.Option(None, "--flip/--no-flip", help="[face recognition] flip test (default on)."),
 ) -> None:
     """Run an engine (or a model, built on the fly) over images; write OUT/predictions.jsonl."""
     from deployzoo.cache import ensure_engine
@@ -148,9 +151,9 @@ def predict(
         engine_dir = Path(engine)
     s = run_predict(engine_dir, source, output, batch=batch, formats=formats, save_img=save_img, resume=resume,
                     overwrite=overwrite, threads=threads, device=device,
-                    post={"conf": conf, "iou": iou, "max_det": max_det})
-    typer.echo(f"{s.written} images predicted ({s.resumed} already done, {s.skipped} skipped as unreadable) "
-               f"in {s.seconds:.1f}s -> {s.out_dir}/predictions.jsonl")
+                    post={"conf": conf, "iou": iou, "max_det": max_det, "flip": flip})
+    typer.echo(f"{s.written} images predicted ({s.resumed} already done, {s.skipped} skipped as unreadable or "
+               f"unusable) in {s.seconds:.1f}s -> {s.out_dir}/predictions.jsonl")
     for w in s.warnings:
         typer.echo(f"WARNING: {w}", err=True)
 
@@ -174,6 +177,57 @@ def eval_widerface(
         write_json(json_out, ap)
     if plot:
         plot_pr(res, plot)
+
+
+@eval_app.command("ijbc")
+def eval_ijbc(
+    features: Path = typer.Option(..., help="N x D float32 .npy in the row order of ijbc_name_5pts_score.txt "
+                                  "(predict arcface --source IJBC_ROOT writes OUT/features.npy)."),
+    meta: Path = typer.Option(..., help="IJB-C meta directory (or the IJB-C root holding meta/)."),
+    detector_score: bool = typer.Option(True, "--detector-score/--no-detector-score",
+                                        help="Weight image features by the faceness score (official default)."),
+    norm_score: bool = typer.Option(True, "--norm-score/--no-norm-score",
+                                    help="Keep image feature norms (official default); off: L2-normalise images first."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write {tar_at_far: {FAR: TAR}} here."),
+    plot: Optional[Path] = typer.Option(None, help="ROC PNG."),
+) -> None:
+    """IJB-C 1:1 verification, the official protocol: TAR at FAR 1e-6 ... 1e-1."""
+    from deployzoo.engine import write_json
+    from deployzoo.metrics.ijbc import evaluate, plot_roc
+    from deployzoo.tasks.face_recognition import read_features
+
+    res = evaluate(read_features(features), meta, detector_score=detector_score, norm_score=norm_score,
+                   features_path=features)
+    out = res.to_json()
+    typer.echo(f"IJB-C 1:1 ({out['n_pairs']} pairs, {out['n_templates']} templates): " + ", ".join(
+        f"TAR@FAR={k} {100 * v:.2f}%" for k, v in out["tar_at_far"].items()))
+    if json_out:
+        write_json(json_out, out)
+    if plot:
+        plot_roc({features.stem: res}, plot)
+
+
+@eval_app.command("verification")
+def eval_verification(
+    features: Path = typer.Option(..., help="2P x D .npy in the image order of the .bin set "
+                                  "(predict arcface --source SET.bin writes OUT/features.npy)."),
+    bin_path: Path = typer.Option(..., "--bin", help="The insightface .bin set (lfw.bin, cfp_fp.bin, agedb_30.bin)."),
+    folds: int = typer.Option(10, help="Cross-validation folds (standard: 10)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the accuracy here."),
+) -> None:
+    """LFW-style verification accuracy: 10-fold, best threshold per fold (the insightface protocol)."""
+    from deployzoo.data.verification_bin import load_bin
+    from deployzoo.engine import write_json
+    from deployzoo.metrics.verification import evaluate
+    from deployzoo.tasks.face_recognition import read_features
+
+    vs = load_bin(bin_path)
+    res = evaluate(np.asarray(read_features(features)), vs.issame, nrof_folds=folds)
+    out = res.to_json()
+    typer.echo(f"{vs.name}: Accuracy-Flip {out['accuracy_mean']:.5f}+-{out['accuracy_std']:.5f} "
+               f"({out['n_pairs']} pairs, {out['n_folds']} folds)")
+    if json_out:
+        write_json(json_out, out)
 
 
 @app.command()
@@ -220,8 +274,10 @@ def run(
     variant: Optional[str] = typer.Option(None),
     weights: Optional[Path] = typer.Option(None, help="Checkpoint; none = random init (accuracy not meaningful)."),
     precisions: str = typer.Option("fp32,int8", help="Comma-separated precisions."),
-    batches: str = typer.Option("1,4,8", help="Batch sizes to benchmark."),
-    data: str = typer.Option("demo", help="Dataset root (WIDER FACE: WIDER_val/images + ground_truth) or 'demo'."),
+    batches: Optional[str] = typer.Option(None, help="Batch sizes to benchmark (default: the seed's, e.g. 1,4,8)."),
+    predict_batch: Optional[int] = typer.Option(None, help="Batch of the accuracy pass (default: the seed's)."),
+    data: str = typer.Option("demo", help="Dataset root (WIDER FACE: WIDER_val/images + ground_truth; IJB-C: "
+                             "loose_crop + meta) or 'demo' (generated)."),
     gt: Optional[Path] = typer.Option(None, help="Ground-truth dir when it is not DATA/ground_truth."),
     calib: Optional[Path] = typer.Option(None, help="int8 calibration images (default: demo's calib split)."),
     calib_size: int = typer.Option(64),
@@ -242,7 +298,7 @@ def run(
     cfg = RunConfig(
         model=model, out_dir=output, variant=variant, weights=weights,
         precisions=tuple(canonical_precision(p) for p in precisions.split(",") if p.strip()),
-        batches=_ints(batches, "--batches"), data=data, gt=gt, calib=calib, calib_size=calib_size,
+        batches=_ints(batches, "--batches") if batches else None, predict_batch=predict_batch, data=data, gt=gt, calib=calib, calib_size=calib_size,
         calib_method=calib_method, backend=backend, reference=reference, imgsz=imgsz, bench_imgsz=bench_imgsz,
         iters=iters, warmup=warmup, threads=threads, demo_images=demo_images,
     )

@@ -72,11 +72,16 @@ def build_deploy_module(spec: ModelSpec, variant: str, weights: str | Path | Non
     return spec.deploy(net).eval()
 
 
-def probe_input(imgsz: Any, batch: int, seed: int = 0) -> torch.Tensor:
+def probe_input(imgsz: Any, batch: int, seed: int = 0, norm: dict[str, Any] | None = None) -> torch.Tensor:
+    """Random 8-bit-range pixels, normalised with `norm`'s mean / std (default: minus 120, as RetinaFace's mean)."""
     h, w = ORIGIN_PROBE_HW if imgsz == "origin" else imgsz
     g = torch.Generator().manual_seed(seed)
-    # values in the range of mean-subtracted 8-bit pixels
-    return torch.rand(batch, 3, h, w, generator=g) * 255.0 - 120.0
+    x = torch.rand(batch, 3, h, w, generator=g) * 255.0
+    if norm is None:
+        return x - 120.0
+    mean = torch.tensor(norm.get("mean", [0.0] * 3), dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(norm.get("std", [1.0] * 3), dtype=torch.float32).view(1, 3, 1, 1)
+    return (x - mean) / std
 
 
 def export_onnx(
@@ -100,8 +105,11 @@ def export_onnx(
         raise DeployzooError(f"--opset {opset}: deployzoo exports opset >= 17")
     if batch is not None and batch < 1:
         raise DeployzooError(f"--batch {batch}: must be >= 1")
+    if spec.input.get("fixed_size") and imgsz != spec.default_imgsz[variant]:
+        want = "x".join(map(str, spec.default_imgsz[variant]))
+        raise DeployzooError(f"{spec.name}: the network takes {want} inputs only (--imgsz {want})")
     module = build_deploy_module(spec, variant, weights, seed)
-    x = probe_input(imgsz, batch or 1, seed)
+    x = probe_input(imgsz, batch or 1, seed, spec.input)
     out = Path(out)
     in_name = "images"
     dyn_axes: dict[str, dict[int, str]] = {in_name: {}}
@@ -153,7 +161,7 @@ def export_onnx(
     atomic_write_file(out, _write)
     diffs: dict[str, float] = {}
     if check_parity:
-        diffs = ort_vs_torch(out, module, imgsz, batch)
+        diffs = ort_vs_torch(out, module, imgsz, batch, spec.input)
     meta["export"]["ort_vs_torch_max_abs_diff"] = diffs
     return ExportResult(out, meta, diffs)
 
@@ -172,17 +180,18 @@ def simplify_activations(model: onnx.ModelProto) -> dict[str, int]:
     return {"leakyrelu0_to_relu": n}
 
 
-def ort_vs_torch(onnx_path: str | Path, module: torch.nn.Module, imgsz: Any, batch: int | None) -> dict[str, float]:
+def ort_vs_torch(onnx_path: str | Path, module: torch.nn.Module, imgsz: Any, batch: int | None,
+                 norm: dict[str, Any] | None = None) -> dict[str, float]:
     """Max abs difference per output, ONNX Runtime (CPU) vs eager PyTorch, on random inputs (two sizes when
     the input size is dynamic, two batch sizes when the batch is)."""
     import onnxruntime as ort
 
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    probes = [probe_input(imgsz, batch or 1, 1)]
+    probes = [probe_input(imgsz, batch or 1, 1, norm)]
     if imgsz == "origin":
-        probes.append(probe_input([333, 517], batch or 2, 2))
+        probes.append(probe_input([333, 517], batch or 2, 2, norm))
     elif batch is None:
-        probes.append(probe_input(imgsz, 2, 2))
+        probes.append(probe_input(imgsz, 2, 2, norm))
     names = [o.name for o in sess.get_outputs()]
     diffs: dict[str, float] = {n: 0.0 for n in names}
     for x in probes:

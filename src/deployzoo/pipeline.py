@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from deployzoo.data.images import ImageError, SourceItem, read_image
+from deployzoo.data.images import ImageError, SourceItem, load_item
 from deployzoo.engine import check_batch, read_manifest
 from deployzoo.registry import get_backend, get_task
 from deployzoo.tasks.base import Prepared
@@ -55,11 +55,11 @@ def load_engine(engine_dir: str | Path, threads: int | None = None, device: str 
 def _load_one(item: SourceItem, task: Any, spec: dict[str, Any], times: StageTimes) -> tuple[SourceItem, Any, Any]:
     t0 = time.perf_counter()
     try:
-        img = read_image(item.path, spec.get("color", "BGR"))
-    except ImageError as exc:
+        img = load_item(item, spec.get("color", "BGR"))
+        t1 = time.perf_counter()
+        prep = task.prepare(img, spec, item.meta)
+    except ImageError as exc:  # unreadable, or unusable by the task (e.g. degenerate face landmarks)
         return item, None, str(exc)
-    t1 = time.perf_counter()
-    prep = task.prepare(img, spec)
     times.add("read", t1 - t0)
     times.add("pre", time.perf_counter() - t1)
     return item, (img, prep), None
@@ -111,7 +111,7 @@ def run_batches(
             preps = preps + [Prepared(np.zeros_like(preps[0].tensor), preps[0].meta)] * (batch - len(preps))
         t0 = time.perf_counter()
         x = task.collate(preps, spec)
-        outs = runner.run(x)
+        outs = task.infer(runner, x, post) if hasattr(task, "infer") else runner.run(x)
         t1 = time.perf_counter()
         records = task.postprocess(outs, [p.meta for p in preps], post)[: len(buf)]
         times.add("infer", t1 - t0)

@@ -13,11 +13,12 @@ from typing import Any
 import cv2
 import numpy as np
 
-from deployzoo.data.images import SourceItem, list_source
+from deployzoo.data.images import SourceItem
 from deployzoo.engine import write_json
 from deployzoo.errors import DeployzooError
 from deployzoo.pipeline import Loaded, StageTimes, load_engine, run_batches
 from deployzoo.progress import progress_bar
+from deployzoo.tasks.base import task_source
 
 log = logging.getLogger(__name__)
 
@@ -84,12 +85,13 @@ def predict(
 ) -> PredictSummary:
     loaded = engine if isinstance(engine, Loaded) else load_engine(engine, threads=threads, device=device)
     m, task = loaded.manifest, loaded.task
+    formats = tuple(dict.fromkeys((*formats, *getattr(task, "always_formats", ()))))
     for fmt in formats:
         if fmt != "jsonl" and fmt not in task.formats:
             raise DeployzooError(f"--format {fmt}: not a format of task {m['task']} (jsonl, {', '.join(task.formats)})")
     if batch is None:
         batch = 1 if m["batch"].get("dynamic") else int(m["batch"]["size"])
-    root, items = list_source(source)
+    root, items = task_source(task, source)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     pred_path, skip_path = out_dir / PRED_FILE, out_dir / SKIP_FILE
@@ -107,12 +109,17 @@ def predict(
     times = StageTimes()
     t_start = time.perf_counter()
     vis_dir = out_dir / "vis"
+    # formats that need the whole item list up front (e.g. a features array by row)
+    writers = {fmt: task.open_format(fmt, out_dir, items, resume) for fmt in formats
+               if fmt != "jsonl" and hasattr(task, "open_format")}
     with open(pred_path, "a", encoding="utf-8") as fp, open(skip_path, "a", encoding="utf-8") as fs, \
             progress_bar(f"predict {m['model']} {m['precision']}", len(todo), enabled=show_progress) as bar:
 
         def on_result(item: SourceItem, img: np.ndarray | None, rec: dict[str, Any]) -> None:
             for fmt in formats:
-                if fmt != "jsonl":
+                if fmt in writers:
+                    writers[fmt].write(item, rec)
+                elif fmt != "jsonl":
                     task.write_format(fmt, item.name, rec, out_dir)
             if save_img and img is not None:
                 dst = vis_dir / Path(item.name).with_suffix(".jpg")
@@ -131,8 +138,12 @@ def predict(
             summary.skipped += 1
             bar.advance()
 
-        run_batches(loaded, todo, batch=batch, on_result=on_result, on_skip=on_skip, times=times,
-                    keep_image=save_img, workers=workers, post=merged)
+        try:
+            run_batches(loaded, todo, batch=batch, on_result=on_result, on_skip=on_skip, times=times,
+                        keep_image=save_img, workers=workers, post=merged)
+        finally:
+            for w in writers.values():
+                w.close()
         os.fsync(fp.fileno())
     summary.seconds = round(time.perf_counter() - t_start, 3)
     summary.stage_seconds = {k: round(v, 3) for k, v in times.seconds.items()}
@@ -144,5 +155,5 @@ def predict(
     info["batch"] = batch
     write_json(out_dir / SUMMARY_FILE, info)
     if summary.skipped:
-        log.warning("%d of %d images skipped (unreadable); see %s", summary.skipped, len(items), skip_path)
+        log.warning("%d of %d images skipped (unreadable or unusable); see %s", summary.skipped, len(items), skip_path)
     return summary

@@ -51,6 +51,8 @@ class ModelSpec:
     seed_imgsz: dict[str, Any] = field(default_factory=dict)  # the sizes the seeds benchmark
     # variant -> int8 recipe: {"float_groups": conv groups kept float (quant/recipes.py), "op_types": op types quantized}
     int8_recipe: dict[str, dict[str, tuple[str, ...]]] = field(default_factory=dict)
+    bench_batches: tuple[int, ...] = (1, 4, 8)  # `run`'s default benchmark batches (the seed's)
+    predict_batch: int = 1  # `run`'s default batch for the accuracy pass
 
     def check_variant(self, variant: str | None) -> str:
         v = variant or self.default_variant
@@ -87,8 +89,38 @@ def _retinaface() -> ModelSpec:
     )
 
 
-_MODEL_FACTORIES: dict[str, Callable[[], ModelSpec]] = {"retinaface": _retinaface}
-_TASKS = {"face_detection": ("deployzoo.tasks.face_detection", "FaceDetectionTask")}
+def _arcface() -> ModelSpec:
+    from deployzoo.models import iresnet
+    from deployzoo.tasks.face_recognition import DEFAULT_POST
+
+    size = [iresnet.INPUT_SIZE, iresnet.INPUT_SIZE]
+    return ModelSpec(
+        name="arcface",
+        task="face_recognition",
+        variants=tuple(iresnet.LAYERS),
+        default_variant="r100",
+        default_imgsz={v: size for v in iresnet.LAYERS},
+        seed_imgsz={"r100": size},
+        input={"layout": "NCHW", "color": "RGB", "mean": [127.5] * 3, "std": [127.5] * 3, "fixed_size": True},
+        post=dict(DEFAULT_POST),
+        weights=dict(iresnet.OFFICIAL_WEIGHTS),
+        build=iresnet.build_model,
+        deploy=iresnet.IResNetDeploy,
+        output_names=iresnet.IResNetDeploy.output_names,
+        # measured on this machine (docs/benchmarks/cpu.md): every conv and the fc in int8, the first conv (3 input
+        # channels, full 112x112 resolution) float.
+        int8_recipe={v: {"float_groups": ("first_conv",), "op_types": ("Conv", "Gemm")} for v in iresnet.LAYERS},
+        bench_batches=(1, 8, 64),
+        predict_batch=64,  # the seed's accuracy table is at batch 64
+    )
+
+
+_MODEL_FACTORIES: dict[str, Callable[[], ModelSpec]] = {"retinaface": _retinaface, "arcface": _arcface}
+_MODEL_ALIASES = {"iresnet": "arcface"}
+_TASKS = {
+    "face_detection": ("deployzoo.tasks.face_detection", "FaceDetectionTask"),
+    "face_recognition": ("deployzoo.tasks.face_recognition", "FaceRecognitionTask"),
+}
 _BACKENDS = {"ort": ("deployzoo.backends.ort", "OrtBackend"), "torch": ("deployzoo.backends.torch_eager", "TorchBackend")}
 
 
@@ -98,6 +130,7 @@ def model_names() -> list[str]:
 
 def get_model(name: str) -> ModelSpec:
     key = name.strip().lower()
+    key = _MODEL_ALIASES.get(key, key)
     if key not in _MODEL_FACTORIES:
         raise DeployzooError(f"unknown model {name!r} (choose from {', '.join(_MODEL_FACTORIES)})")
     return _MODEL_FACTORIES[key]()

@@ -16,11 +16,11 @@ from deployzoo.cache import ensure_engine
 from deployzoo.engine import RANDOM_WEIGHTS_WARNING, atomic_write_text, machine, now_iso, read_manifest, versions, write_json
 from deployzoo.errors import DeployzooError
 from deployzoo.export import parse_imgsz
-from deployzoo.metrics.agreement import agreement_ap
-from deployzoo.predict import PRED_FILE, predict
+from deployzoo.predict import predict
 from deployzoo.quant.calib import make_calib_set
 from deployzoo.registry import get_model, get_task
 from deployzoo.report import md_table, plot_throughput
+from deployzoo.tasks.base import task_source
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ class RunConfig:
     variant: str | None = None
     weights: Path | None = None
     precisions: tuple[str, ...] = ("fp32", "int8")
-    batches: tuple[int, ...] = (1, 4, 8)
+    batches: tuple[int, ...] | None = None  # None: the model's seed batches
     data: str = "demo"
     gt: Path | None = None
     calib: Path | None = None
@@ -46,7 +46,7 @@ class RunConfig:
     warmup: int = 3
     threads: int | None = None
     demo_images: int = 24
-    predict_batch: int = 1
+    predict_batch: int | None = None  # None: the model's default
 
 
 @dataclass
@@ -75,14 +75,11 @@ def _store(path: Path, key: str, value: Any) -> None:
     write_json(path, {"key": key, "value": value})
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
 def run_pipeline(cfg: RunConfig) -> RunReport:
     spec = get_model(cfg.model)
     variant = spec.check_variant(cfg.variant)
+    batches = cfg.batches or spec.bench_batches
+    predict_batch = cfg.predict_batch or spec.predict_batch
     task = get_task(spec.task)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -94,16 +91,14 @@ def run_pipeline(cfg: RunConfig) -> RunReport:
     if "int8" in cfg.precisions:
         calib_dir = cfg.calib or data.calib_default
         if calib_dir is None:
-            raise DeployzooError("int8 needs --calib DIR with images separate from the evaluation set "
-                                 "(e.g. WIDER_train/images)")
-        from deployzoo.data.images import list_source
-
-        _, eval_items = list_source(data.source)
+            raise DeployzooError("int8 needs --calib with images separate from the evaluation set "
+                                 f"({data.calib_hint})")
+        _, eval_items = task_source(task, data.source)
         calib_set = make_calib_set(calib_dir, cfg.calib_size, cfg.calib_method,
-                                   exclude={str(i.path.resolve()) for i in eval_items})
+                                   exclude={str(i.path.resolve()) for i in eval_items}, task=task)
     warnings = [RANDOM_WEIGHTS_WARNING] if cfg.weights is None else []
     acc_rows, accuracy, engines = [], {}, {}
-    ref_records = None
+    ref_dir: Path | None = None
     for prec in cfg.precisions:
         eng = ensure_engine(spec.name, variant=variant, weights=cfg.weights, backend=cfg.backend, precision=prec,
                             imgsz=imgsz, batch=None, calib=calib_set if prec == "int8" else None, cache_dir=cache)
@@ -119,27 +114,25 @@ def run_pipeline(cfg: RunConfig) -> RunReport:
             same = marker.is_file() and marker.read_text() == key
             pred_dir.mkdir(parents=True, exist_ok=True)
             marker.write_text(key)
-            predict(eng, data.source, pred_dir, batch=cfg.predict_batch, formats=("jsonl", *data.pred_formats),
+            predict(eng, data.source, pred_dir, batch=predict_batch, formats=("jsonl", *data.pred_formats),
                     resume=same, overwrite=not same, threads=cfg.threads)
             res = data.evaluate(pred_dir, out / f"pr_{prec}.png", title=f"{spec.name} {variant} {prec}")
             _store(out / "stages" / f"eval-{prec}.json", key, res)
         accuracy[prec] = res
-        records = _read_jsonl(pred_dir / PRED_FILE)
         agree = None
         if prec == "fp32":
-            ref_records = records
-        elif ref_records is not None:
-            by_name = {r["image"]: r for r in records}
-            pairs = [(r, by_name[r["image"]]) for r in ref_records if r["image"] in by_name]
-            agree = agreement_ap([p[0] for p in pairs], [p[1] for p in pairs])
-        accuracy[prec]["agreement_ap_vs_fp32"] = agree
+            ref_dir = pred_dir
+        elif ref_dir is not None:
+            agree = data.agreement(ref_dir, pred_dir)
+        accuracy[prec]["agreement_vs_fp32"] = agree
+        accuracy[prec]["agreement_metric"] = data.agreement_header
         if agree is None:
             agree_txt = "-"
-        elif math.isnan(agree):  # the fp32 engine found nothing to agree on
-            agree_txt = "n/a (no fp32 detection >= 0.5)"
+        elif math.isnan(agree):  # the fp32 engine gave nothing to agree on
+            agree_txt = f"n/a ({data.agreement_nan})"
         else:
             agree_txt = f"{agree:.4f}"
-        acc_rows.append([f"{spec.name}-{variant}", prec, *[res[k] for k in data.accuracy_keys], agree_txt])
+        acc_rows.append([f"{spec.name}-{variant}", prec, *data.accuracy_cells(res, predict_batch), agree_txt])
     # ---------------------------------------------------------------- bench
     bench_rows: list[dict[str, Any]] = []
     bench_targets = [(p, engines[p]) for p in cfg.precisions]
@@ -147,7 +140,7 @@ def run_pipeline(cfg: RunConfig) -> RunReport:
         ref_eng = ensure_engine(spec.name, variant=variant, weights=cfg.weights, backend="torch", precision="fp32",
                                 imgsz=imgsz, batch=None, cache_dir=cache)
         bench_targets.insert(0, ("fp32-eager", ref_eng))
-    bcfg = BenchConfig(batches=cfg.batches, iters=cfg.iters, warmup=cfg.warmup, threads=cfg.threads,
+    bcfg = BenchConfig(batches=batches, iters=cfg.iters, warmup=cfg.warmup, threads=cfg.threads,
                        imgsz=None if bench_hw in (None, "origin") else tuple(bench_hw))
     for label, eng in bench_targets:
         m = read_manifest(eng)
@@ -167,10 +160,8 @@ def run_pipeline(cfg: RunConfig) -> RunReport:
     if warnings:
         md += [f"> **WARNING: {w}**" for w in warnings] + [""]
     md += [
-        "## Accuracy", f"Dataset: {data.name}. Test scale: {imgsz if isinstance(imgsz, str) else 'x'.join(map(str, imgsz))} "
-        f"(origin = original image size, the official WIDER protocol). Post-processing: conf {post['conf']}, "
-        f"NMS IoU {post['iou']}, top-k {post['top_k']}, keep {post['max_det']}.", "",
-        md_table(["Model", "Precision", *[k.capitalize() for k in data.accuracy_keys], "AP vs fp32 detections"], acc_rows),
+        "## Accuracy", f"Dataset: {data.name}. {data.settings(imgsz, post)}", "",
+        md_table(["Model", "Precision", *data.accuracy_headers, data.agreement_header], acc_rows),
         "",
     ]
     if calib_set is not None:
@@ -181,7 +172,8 @@ def run_pipeline(cfg: RunConfig) -> RunReport:
         "## Throughput", f"Engine-only, input {hw[0]}x{hw[1]}, {cfg.warmup} warm-up + {cfg.iters} timed iterations per batch; "
         f"threads: {cfg.threads or 'runtime default'}. `torch fp32` is eager PyTorch, the reference peer." if hw else "",
         "", md_table(["Model", "Engine", "Batch", "Throughput (img/s)", "p50 ms", "p99 ms"], perf_rows), "",
-        "Plots: " + ", ".join(f"[PR {p}](pr_{p}.png)" for p in cfg.precisions) + ", [throughput](throughput.png)", "",
+        "Plots: " + ", ".join(f"[{data.plot_name} {p}](pr_{p}.png)" for p in cfg.precisions)
+        + ", [throughput](throughput.png)", "",
     ]
     mach, ver = machine(), versions()
     md += [f"Machine: {mach['cpu']}, {mach['affinity_cores']} cores, {mach['memory_gib']} GiB. Versions: "

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -32,15 +33,23 @@ def read_image(path: str | Path, color: str = "BGR") -> np.ndarray:
         data = np.fromfile(p, dtype=np.uint8)
     except OSError as exc:
         raise ImageError(f"{p}: cannot read file ({exc.strerror or exc})") from None
+    return decode_image(data, str(p), color)
+
+
+def decode_image(data: np.ndarray | bytes, label: str, color: str = "BGR") -> np.ndarray:
+    """Decode encoded image bytes (a file's content, or an image held in a container such as a .bin set);
+    `label` names the image in errors."""
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        data = np.frombuffer(data, dtype=np.uint8)
     if data.size == 0:
-        raise ImageError(f"{p}: empty file (0 bytes)")
+        raise ImageError(f"{label}: empty file (0 bytes)")
     if data.size >= 2 and data[0] == 0xFF and data[1] == 0xD8:
         tail = data[-65536:].tobytes()
         if b"\xff\xd9" not in tail:
-            raise ImageError(f"{p}: truncated JPEG (no end-of-image marker)")
+            raise ImageError(f"{label}: truncated JPEG (no end-of-image marker)")
     img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     if img is None or img.size == 0:
-        raise ImageError(f"{p}: not a decodable image")
+        raise ImageError(f"{label}: not a decodable image")
     if img.dtype == np.uint16:
         img = (img >> 8).astype(np.uint8)
     elif img.dtype != np.uint8:
@@ -60,6 +69,16 @@ def read_image(path: str | Path, color: str = "BGR") -> np.ndarray:
 class SourceItem:
     path: Path  # where to read it
     name: str  # the key written to predictions (relative to the source, '/' separated)
+    # what a task attaches to an item (face landmarks, faceness score, output row, source file line)
+    meta: dict[str, Any] | None = field(default=None, compare=False, hash=False)
+    data: bytes | None = field(default=None, compare=False, hash=False, repr=False)  # encoded image held in memory
+
+
+def load_item(item: SourceItem, color: str = "BGR") -> np.ndarray:
+    """The decoded image of an item: from its in-memory bytes when it has them, else from its file."""
+    if item.data is not None:
+        return decode_image(item.data, f"{item.path}[{item.name}]", color)
+    return read_image(item.path, color)
 
 
 def wider_images_dir(root: Path) -> Path | None:

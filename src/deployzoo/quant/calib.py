@@ -13,9 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from deployzoo.data.images import ImageError, SourceItem, list_source, read_image
+from deployzoo.data.images import ImageError, SourceItem, list_source, load_item
 from deployzoo.errors import DeployzooError
 from deployzoo.progress import progress_bar
+from deployzoo.tasks.base import task_source
 
 log = logging.getLogger(__name__)
 
@@ -40,14 +41,15 @@ class CalibSet:
 
 
 def make_calib_set(source: str | Path, size: int = 64, method: str = "minmax", seed: int = 0,
-                   exclude: set[str] | None = None) -> CalibSet:
+                   exclude: set[str] | None = None, task: Any | None = None) -> CalibSet:
     """Pick `size` images from `source` (a fixed-seed sample, sorted), never any file listed in `exclude`
-    (resolved paths of the evaluation set): calibrating on evaluation images would flatter int8 accuracy."""
+    (resolved paths of the evaluation set): calibrating on evaluation images would flatter int8 accuracy.
+    `task` reads the source its own way (e.g. face crops aligned from an IJB-C-layout landmark file)."""
     if method not in CALIB_METHODS:
         raise DeployzooError(f"--calib-method {method!r}: choose from {', '.join(CALIB_METHODS)}")
     if size < 1:
         raise DeployzooError(f"--calib-size {size}: must be >= 1")
-    root, items = list_source(source)
+    root, items = task_source(task, source) if task is not None else list_source(source)
     if exclude:
         clash = [i for i in items if str(i.path.resolve()) in exclude]
         if clash:
@@ -74,11 +76,11 @@ class CalibReader:
             for item in self.calib.items:
                 bar.advance()
                 try:
-                    img = read_image(item.path, self.spec.get("color", "BGR"))
+                    img = load_item(item, self.spec.get("color", "BGR"))
+                    pending.append(self.task.prepare(img, self.spec, item.meta))
                 except ImageError as exc:
                     log.warning("calibration: skipping %s", exc)
                     continue
-                pending.append(self.task.prepare(img, self.spec))
                 if len(pending) == self.batch:
                     self.used += len(pending)
                     yield {self.input_name: self.task.collate(pending, self.spec)}

@@ -21,7 +21,10 @@ class Task(Protocol):
     name: str
     formats: tuple[str, ...]  # prediction file formats besides jsonl
 
-    def prepare(self, img: np.ndarray, spec: dict[str, Any]) -> Prepared: ...
+    def prepare(self, img: np.ndarray, spec: dict[str, Any], meta: dict[str, Any] | None = None) -> Prepared:
+        """`meta` is what the task's source listing attached to the item (e.g. face landmarks); raise
+        data.images.ImageError for an item that cannot be used (it is skipped and reported)."""
+        ...
 
     def collate(self, items: list[Prepared], spec: dict[str, Any]) -> np.ndarray: ...
 
@@ -32,3 +35,21 @@ class Task(Protocol):
     def write_format(self, fmt: str, name: str, record: dict[str, Any], out_dir: Path) -> None: ...
 
     def render(self, img: np.ndarray, record: dict[str, Any]) -> np.ndarray: ...
+
+
+# Optional task hooks, looked up with hasattr by the task-agnostic code:
+# - list_source(source) -> (root, [SourceItem]): task-specific sources (e.g. an IJB-C root with landmarks);
+#   the default is data.images.list_source.
+# - infer(runner, x, post) -> outputs: how a collated batch is run (e.g. flip test: the batch and its mirror).
+# - open_format(fmt, out_dir, items, resume) -> writer with write(item, record) and close(): formats that need
+#   the whole item list up front (e.g. an N x D features array written by row).
+# - always_formats: formats predict writes whatever --format says.
+
+
+def task_source(task: Any, source: Any) -> tuple[Path, list[Any]]:
+    """The items of `source` as `task` reads them (its own list_source hook, else plain image enumeration)."""
+    if hasattr(task, "list_source"):
+        return task.list_source(source)
+    from deployzoo.data.images import list_source
+
+    return list_source(source)

@@ -108,7 +108,7 @@ class FaceDetectionTask:
     def run_data(self, data: str, work_dir: Path, gt: Path | None = None, demo_images: int = 24) -> "WiderFaceRunData":
         return WiderFaceRunData(data, work_dir, gt, demo_images)
 
-    def prepare(self, img: np.ndarray, spec: dict[str, Any]) -> Prepared:
+    def prepare(self, img: np.ndarray, spec: dict[str, Any], meta: dict[str, Any] | None = None) -> Prepared:
         return preprocess(img, spec)
 
     def collate(self, items: list[Prepared], spec: dict[str, Any]) -> np.ndarray:
@@ -178,6 +178,11 @@ class WiderFaceRunData:
 
     pred_formats = ("widerface",)
     accuracy_keys = ("easy", "medium", "hard")
+    accuracy_headers = ("Easy", "Medium", "Hard")  # the seeds' table
+    agreement_header = "AP vs fp32 detections"
+    agreement_nan = "no fp32 detection >= 0.5"
+    plot_name = "PR"
+    calib_hint = "e.g. WIDER_train/images"
 
     def __init__(self, data: str, work_dir: Path, gt: Path | None = None, demo_images: int = 24) -> None:
         from deployzoo.data.widerface import load_gt, write_demo
@@ -209,3 +214,26 @@ class WiderFaceRunData:
         if plot_path is not None:
             plot_pr(res, plot_path, title=title)
         return res.to_json()
+
+    def settings(self, imgsz: Any, post: dict[str, Any]) -> str:
+        scale = imgsz if isinstance(imgsz, str) else "x".join(map(str, imgsz))
+        return (f"Test scale: {scale} (origin = original image size, the official WIDER protocol). Post-processing: "
+                f"conf {post['conf']}, NMS IoU {post['iou']}, top-k {post['top_k']}, keep {post['max_det']}.")
+
+    def accuracy_cells(self, res: dict[str, Any], batch: int) -> list[Any]:
+        return [res[k] for k in self.accuracy_keys]
+
+    def agreement(self, ref_dir: Path, pred_dir: Path) -> float:
+        """AP of this engine's detections scored against the fp32 engine's confident ones (metrics.agreement)."""
+        import json
+
+        from deployzoo.metrics.agreement import agreement_ap
+        from deployzoo.predict import PRED_FILE
+
+        def read(d: Path) -> list[dict[str, Any]]:
+            with open(d / PRED_FILE) as f:
+                return [json.loads(line) for line in f if line.strip()]
+
+        by_name = {r["image"]: r for r in read(pred_dir)}
+        pairs = [(r, by_name[r["image"]]) for r in read(ref_dir) if r["image"] in by_name]
+        return agreement_ap([p[0] for p in pairs], [p[1] for p in pairs])

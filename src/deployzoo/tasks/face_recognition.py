@@ -1,0 +1,382 @@
+"""Face recognition task (ArcFace): 5-point alignment to the ArcFace 112x112 template, normalisation, flip test,
+and the features writer (an N x D array by row, resumable).
+
+Sources it reads (besides a folder of already aligned 112x112 crops):
+- an IJB-C root (`loose_crop/` + `meta/ijbc_name_5pts_score.txt`): rows in the order of the landmarks file;
+- a landmarks file in the same format (`name x1 y1 ... x5 y5 [score]`, names relative to the file);
+- a RetinaFace `predictions.jsonl` from `deployzoo predict retinaface` (one row per detected face);
+- a verification `.bin` set (aligned faces as JPEG bytes, e.g. lfw.bin).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from deployzoo.data.images import ImageError, SourceItem, list_source
+from deployzoo.engine import atomic_write_text
+from deployzoo.errors import DeployzooError
+from deployzoo.tasks.base import Prepared
+
+log = logging.getLogger(__name__)
+
+DEFAULT_POST = {"flip": True}
+INPUT_SIZE = 112
+# The ArcFace template: where the eyes, nose tip and mouth corners land in a 112x112 crop (insightface's
+# `arcface_dst`; eval_ijbc.py writes it as a 96-wide template shifted by 8 px in x, the same points).
+ARCFACE_TEMPLATE = np.array(
+    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]],
+    dtype=np.float32,
+)
+FEATURES_FILE = "features.npy"
+FACENESS_FILE = "faceness.npy"
+ROWS_FILE = "rows.txt"
+MIN_FACE_SCORE = 0.5  # faces of a RetinaFace predictions.jsonl used as rows
+
+
+class AlignmentError(ImageError):
+    """Landmarks that cannot define a face crop; the item is skipped and reported."""
+
+
+def similarity_transform(src: np.ndarray, dst: np.ndarray = ARCFACE_TEMPLATE) -> np.ndarray:
+    """2 x 3 least-squares similarity (rotation, uniform scale, translation) mapping `src` points onto `dst`
+    (Umeyama's method, via scikit-image as insightface does). Raises AlignmentError when the points are degenerate."""
+    from skimage.transform import SimilarityTransform
+
+    src = np.asarray(src, dtype=np.float64).reshape(-1, 2)
+    dst = np.asarray(dst, dtype=np.float64).reshape(-1, 2)
+    if src.shape != dst.shape:
+        raise AlignmentError(f"expected {dst.shape[0]} landmarks, got {src.shape[0]}")
+    if not np.isfinite(src).all():
+        raise AlignmentError("landmarks are not finite")
+    spread = np.sqrt(((src - src.mean(0)) ** 2).sum(1).mean())
+    if spread < 1.0:
+        raise AlignmentError(f"landmarks are degenerate (all within {spread:.2f} px of their centre)")
+    if hasattr(SimilarityTransform, "from_estimate"):  # scikit-image >= 0.26
+        tf = SimilarityTransform.from_estimate(src, dst)
+        ok = bool(tf)
+    else:  # pragma: no cover - older scikit-image
+        tf = SimilarityTransform()
+        ok = tf.estimate(src, dst)
+    m = np.asarray(getattr(tf, "params", np.full((3, 3), np.nan)))[:2] if ok else np.full((2, 3), np.nan)
+    scale = float(np.sqrt(abs(np.linalg.det(m[:, :2])))) if np.isfinite(m).all() else float("nan")
+    if not np.isfinite(m).all() or not 1e-3 < scale < 1e3:
+        raise AlignmentError("landmarks are degenerate (no similarity transform fits them)")
+    return m.astype(np.float32)
+
+
+def align_face(img: np.ndarray, landmarks: np.ndarray, size: int = INPUT_SIZE) -> np.ndarray:
+    """Warp `img` so that its 5 landmarks (x, y in pixels: left eye, right eye, nose, left / right mouth corner)
+    land on the ArcFace template; black border, bilinear, as insightface's face_align."""
+    m = similarity_transform(landmarks, ARCFACE_TEMPLATE * (size / INPUT_SIZE))
+    return cv2.warpAffine(img, m, (size, size), borderValue=0.0)
+
+
+def normalise(img: np.ndarray, mean: Any, std: Any) -> np.ndarray:
+    """H x W x 3 uint8 -> 3 x H x W float32, (x - mean) / std per channel."""
+    mean = np.asarray(mean, dtype=np.float32).reshape(3, 1, 1)
+    std = np.asarray(std, dtype=np.float32).reshape(3, 1, 1)
+    return (img.transpose(2, 0, 1).astype(np.float32) - mean) / std
+
+
+# --------------------------------------------------------------------------------------------- sources
+
+
+def _looks_like_ijbc(p: Path) -> bool:
+    return p.is_dir() and any((q / "meta").is_dir() or (q / "loose_crop").is_dir() for q in (p, p / "IJBC"))
+
+
+def ijbc_items(root: Path) -> tuple[Path, list[SourceItem]]:
+    from deployzoo.data.ijbc import find_layout, read_landmarks
+
+    layout = find_layout(root)
+    table = read_landmarks(layout.landmarks_file)
+    items = [
+        SourceItem(layout.images_dir / name, name,
+                   {"row": i, "landmarks": table.landmarks[i], "score": float(table.scores[i]),
+                    "where": f"{layout.landmarks_file}:{i + 1}"})
+        for i, name in enumerate(table.names)
+    ]
+    return layout.images_dir, items
+
+
+def landmark_file_items(path: Path) -> tuple[Path, list[SourceItem]]:
+    """`name x1 y1 ... x5 y5 [score]` per line; names relative to the file's directory."""
+    items: list[SourceItem] = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            parts = line.split()
+            if not parts or parts[0].startswith("#"):
+                continue
+            if len(parts) not in (11, 12):
+                raise DeployzooError(f"{path}:{lineno}: expected 11 or 12 fields (name, 5 x/y landmark pairs, "
+                                     f"optional score), got {len(parts)}")
+            try:
+                vals = np.array([float(v) for v in parts[1:]], dtype=np.float32)
+            except ValueError:
+                raise DeployzooError(f"{path}:{lineno}: landmarks are not numbers") from None
+            score = float(vals[10]) if vals.size == 11 else float("nan")
+            items.append(SourceItem(path.parent / parts[0], parts[0],
+                                    {"row": len(items), "landmarks": vals[:10].reshape(5, 2), "score": score,
+                                     "where": f"{path}:{lineno}"}))
+    if not items:
+        raise DeployzooError(f"{path}: landmarks file lists no images")
+    return path.parent, items
+
+
+def detection_items(path: Path, min_score: float = MIN_FACE_SCORE) -> tuple[Path, list[SourceItem]]:
+    """One row per face with score >= min_score in a RetinaFace predictions.jsonl; the images are found through
+    the `source` recorded in the summary.json beside it."""
+    summary = path.parent / "summary.json"
+    try:
+        src = Path(json.loads(summary.read_text())["source"])
+    except (OSError, json.JSONDecodeError, KeyError):
+        raise DeployzooError(f"{path}: cannot find the images it was predicted on (no readable 'source' in {summary})") from None
+    root, images = list_source(src)
+    by_name = {i.name: i.path for i in images}
+    items: list[SourceItem] = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                faces = list(zip(rec["boxes"], rec["scores"], rec["landmarks"]))
+                img = rec["image"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise DeployzooError(f"{path}:{lineno}: not a face-detection record (image, boxes, scores, landmarks)") from None
+            if img not in by_name:
+                raise DeployzooError(f"{path}:{lineno}: image {img} not found under {root}")
+            for k, (box, score, lmk) in enumerate(faces):
+                if score >= min_score:
+                    items.append(SourceItem(by_name[img], f"{img}#face{k}",
+                                            {"row": len(items), "landmarks": np.asarray(lmk, np.float32).reshape(5, 2),
+                                             "score": float(score), "box": box, "where": f"{path}:{lineno}"}))
+    if not items:
+        raise DeployzooError(f"{path}: no face with score >= {min_score}")
+    return root, items
+
+
+def bin_items(path: Path) -> tuple[Path, list[SourceItem]]:
+    from deployzoo.data.verification_bin import load_bin
+
+    vs = load_bin(path)
+    return path.parent, [SourceItem(path, f"{vs.name}/{i:05d}", {"row": i}, data)
+                         for i, data in enumerate(vs.images)]
+
+
+# --------------------------------------------------------------------------------------------- writer
+
+
+class FeatureWriter:
+    """features.npy (N x D float32, row = the item's row; rows not computed are NaN), faceness.npy (N,) and
+    rows.txt (the name of each row). The array is a memory map written in place, so an interrupted run keeps
+    every finished row and `--resume` fills in the rest."""
+
+    def __init__(self, out_dir: Path, items: list[SourceItem], resume: bool) -> None:
+        self.path = out_dir / FEATURES_FILE
+        self.n = 1 + max((int((i.meta or {}).get("row", k)) for k, i in enumerate(items)), default=-1)
+        self.arr: np.ndarray | None = None
+        if resume and self.path.is_file():
+            self.arr = np.load(self.path, mmap_mode="r+")
+            if self.arr.ndim != 2 or self.arr.shape[0] != self.n:
+                raise DeployzooError(f"{self.path}: holds {self.arr.shape[0]} rows but the source has {self.n}; "
+                                     "use --overwrite")
+        elif self.path.exists():
+            self.path.unlink()
+        scores = np.full(self.n, np.nan, dtype=np.float32)
+        names = [""] * self.n
+        for k, item in enumerate(items):
+            row = int((item.meta or {}).get("row", k))
+            scores[row] = (item.meta or {}).get("score", np.nan)
+            names[row] = item.name
+        np.save(out_dir / FACENESS_FILE, scores)
+        atomic_write_text(out_dir / ROWS_FILE, "\n".join(names) + "\n")
+        self.pending = 0
+
+    def write(self, item: SourceItem, record: dict[str, Any]) -> None:
+        emb = record["_embedding"]
+        if self.arr is None:
+            self.arr = np.lib.format.open_memmap(self.path, mode="w+", dtype=np.float32, shape=(self.n, emb.size))
+            self.arr[:] = np.nan
+        if emb.size != self.arr.shape[1]:
+            raise DeployzooError(f"{self.path}: has {self.arr.shape[1]} columns, the engine gives {emb.size}; use --overwrite")
+        self.arr[record["row"]] = emb
+        self.pending += 1
+        if self.pending >= 256:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.arr is not None and isinstance(self.arr, np.memmap):
+            self.arr.flush()
+        self.pending = 0
+
+    def close(self) -> None:
+        self.flush()
+        self.arr = None
+
+
+# --------------------------------------------------------------------------------------------- task
+
+
+class FaceRecognitionTask:
+    name = "face_recognition"
+    formats = ("npy",)
+    always_formats = ("npy",)
+    metric = "ijbc"
+
+    def list_source(self, source: str | Path) -> tuple[Path, list[SourceItem]]:
+        src = Path(source)
+        if not src.exists():
+            raise DeployzooError(f"{src}: source not found")
+        if _looks_like_ijbc(src):
+            return ijbc_items(src)
+        suffix = src.suffix.lower()
+        if suffix == ".bin":
+            return bin_items(src)
+        if suffix == ".jsonl":
+            return detection_items(src)
+        if suffix == ".txt" and _is_landmark_file(src):
+            return landmark_file_items(src)
+        root, items = list_source(src)
+        return root, [SourceItem(i.path, i.name, {"row": k}) for k, i in enumerate(items)]
+
+    def prepare(self, img: np.ndarray, spec: dict[str, Any], meta: dict[str, Any] | None = None) -> Prepared:
+        meta = meta or {}
+        size = int(spec.get("imgsz", [INPUT_SIZE])[0]) if isinstance(spec.get("imgsz"), list) else INPUT_SIZE
+        lmk = meta.get("landmarks")
+        if lmk is not None:
+            try:
+                img = align_face(img, lmk, size)
+            except AlignmentError as exc:
+                raise AlignmentError(f"{meta.get('where', 'landmarks')}: {exc}") from None
+        elif img.shape[:2] != (size, size):
+            raise AlignmentError(f"image is {img.shape[1]}x{img.shape[0]}, not an aligned {size}x{size} face crop, and "
+                                 "no landmarks were given (use an IJB-C root, a landmarks file or a RetinaFace "
+                                 "predictions.jsonl as the source)")
+        x = normalise(img, spec.get("mean", [127.5] * 3), spec.get("std", [127.5] * 3))
+        return Prepared(x, {"row": meta.get("row", 0), "score": meta.get("score")})
+
+    def collate(self, items: list[Prepared], spec: dict[str, Any]) -> np.ndarray:
+        return np.stack([p.tensor for p in items])
+
+    def infer(self, runner: Any, x: np.ndarray, post: dict[str, Any]) -> dict[str, np.ndarray]:
+        """Flip test (default on): embedding of the batch plus embedding of its mirror image."""
+        out = runner.run(x)
+        if post.get("flip", True):
+            flipped = runner.run(np.ascontiguousarray(x[..., ::-1]))
+            out = {k: out[k] + flipped[k] for k in out}
+        return out
+
+    def postprocess(self, outputs: dict[str, np.ndarray], metas: list[dict[str, Any]],
+                    post: dict[str, Any]) -> list[dict[str, Any]]:
+        emb = outputs["embedding"].astype(np.float32, copy=False)
+        records = []
+        for e, meta in zip(emb, metas):
+            rec: dict[str, Any] = {"row": int(meta["row"]), "norm": round(float(np.linalg.norm(e)), 6),
+                                   "_embedding": e}
+            if meta.get("score") is not None and np.isfinite(meta["score"]):
+                rec["score"] = round(float(meta["score"]), 6)
+            records.append(rec)
+        return records
+
+    def open_format(self, fmt: str, out_dir: Path, items: list[SourceItem], resume: bool) -> FeatureWriter:
+        if fmt != "npy":
+            raise ValueError(fmt)
+        return FeatureWriter(out_dir, items, resume)
+
+    def write_format(self, fmt: str, name: str, record: dict[str, Any], out_dir: Path) -> None:
+        raise ValueError(f"format {fmt} is written through open_format")
+
+    def render(self, img: np.ndarray, record: dict[str, Any]) -> np.ndarray:
+        return img
+
+    def run_data(self, data: str, work_dir: Path, gt: Path | None = None, demo_images: int = 24) -> "IJBCRunData":
+        return IJBCRunData(data, work_dir, demo_images)
+
+
+def _is_landmark_file(path: Path) -> bool:
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            parts = line.split()
+            if parts and not parts[0].startswith("#"):
+                return len(parts) in (11, 12)
+    return False
+
+
+def read_features(pred_dir: Path) -> np.ndarray:
+    path = Path(pred_dir) / FEATURES_FILE if Path(pred_dir).is_dir() else Path(pred_dir)
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise DeployzooError(f"{path}: not a readable .npy features file ({exc})") from None
+
+
+def mean_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean cosine similarity of matching rows (rows that are finite in both)."""
+    ok = np.isfinite(a).all(1) & np.isfinite(b).all(1)
+    if not ok.any():
+        return float("nan")
+    a, b = np.asarray(a[ok], np.float64), np.asarray(b[ok], np.float64)
+    cos = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
+    return float(cos.mean())
+
+
+# --------------------------------------------------------------------------------------------- run integration
+
+
+class IJBCRunData:
+    """What `deployzoo run` needs for face recognition: the IJB-C root, calibration faces and the scoring."""
+
+    pred_formats = ("npy",)
+    accuracy_keys = ("1e-05", "0.0001")
+    accuracy_headers = ("Batch", "TAR@FAR=1e-5 (%)", "TAR@FAR=1e-4 (%)")  # the seed's table
+    agreement_header = "mean cosine vs fp32 embeddings"
+    agreement_nan = "no finite fp32 embedding"
+    plot_name = "ROC"
+    calib_hint = "aligned face crops, a landmarks file or an IJB-C-layout root of other identities"
+
+    def __init__(self, data: str, work_dir: Path, demo_images: int = 24) -> None:
+        from deployzoo.data.ijbc import find_layout, write_demo
+
+        if data == "demo":
+            n_id = max(4, demo_images // 6)
+            root = work_dir / f"demo-ijbc-{n_id}"
+            if not (root / "meta").is_dir():
+                write_demo(root, n_identities=n_id, images_per_identity=6, seed=0)
+            calib = work_dir / "demo-ijbc-calib"
+            if not (calib / "meta").is_dir():
+                write_demo(calib, n_identities=6, images_per_identity=6, seed=1)
+            self.calib_default: Path | None = calib
+            self.name = f"demo IJB-C-layout set ({n_id} synthetic identities x 6 images, seed 0)"
+        else:
+            root = Path(data)
+            self.calib_default = None
+            self.name = f"IJB-C at {root}"
+        self.layout = find_layout(root)
+        self.source = self.layout.root
+
+    def settings(self, imgsz: Any, post: dict[str, Any]) -> str:
+        return ("IJB-C 1:1 verification, official protocol (insightface eval_ijbc.py): 5-point alignment to the "
+                f"112x112 ArcFace template, flip test {'on' if post.get('flip', True) else 'off'}, image norms "
+                "kept, faceness-score weighting, media then template pooling, cosine of L2-normalised templates.")
+
+    def evaluate(self, pred_dir: Path, plot_path: Path | None = None, title: str | None = None) -> dict[str, Any]:
+        from deployzoo.metrics.ijbc import evaluate, plot_roc
+
+        feats = read_features(pred_dir)
+        res = evaluate(np.asarray(feats), self.layout, features_path=Path(pred_dir) / FEATURES_FILE)
+        if plot_path is not None:
+            plot_roc({title or "ROC": res}, plot_path, title=title)
+        return res.to_json()
+
+    def accuracy_cells(self, res: dict[str, Any], batch: int) -> list[Any]:
+        return [batch, *(f"{100.0 * res['tar_at_far'][k]:.3f}" for k in self.accuracy_keys)]
+
+    def agreement(self, ref_dir: Path, pred_dir: Path) -> float:
+        return mean_cosine(np.asarray(read_features(ref_dir)), np.asarray(read_features(pred_dir)))
