@@ -18,14 +18,8 @@ from deployzoo.models.iresnet import build_model
 from deployzoo.pipeline import load_engine
 from deployzoo.predict import predict
 from deployzoo.registry import get_model
-from deployzoo.tasks.face_recognition import (
-    ARCFACE_TEMPLATE,
-    AlignmentError,
-    align_face,
-    mean_cosine,
-    normalise,
-    similarity_transform,
-)
+from deployzoo.data.face_align import ARCFACE_TEMPLATE, AlignmentError, align_face, similarity_transform
+from deployzoo.tasks.face_recognition import mean_cosine, normalise
 
 from conftest import FIXTURES, MNET_WEIGHTS, astronaut_bgr, need_fixture
 
@@ -260,3 +254,62 @@ def _mnet_engine(tmp_path: Path) -> Path:
     export_onnx("retinaface", tmp_path / "mnet.onnx", variant="mobilenet0.25", weights=MNET_WEIGHTS, imgsz="origin",
                 batch=None, check_parity=False)
     return build_engine(tmp_path / "mnet.onnx", tmp_path / "mnet", precision="fp32")
+
+
+# ----------------------------------------------------------------------------------------------- run + eval CLI
+
+
+def _cli(args):
+    from deployzoo.cli import main
+
+    try:
+        main(args)
+    except SystemExit as e:
+        assert e.code == 0
+
+
+@pytest.mark.slow
+def test_run_arcface_demo_gives_the_seed_table_and_eval_ijbc_agrees(tmp_path):
+    out = tmp_path / "run"
+    _cli(["run", "arcface", "--variant", "r18", "--data", "demo", "--demo-images", "24", "--precisions", "fp32,int8",
+          "--batches", "1,2", "--predict-batch", "8", "--iters", "2", "--warmup", "1", "-o", str(out)])
+    md = (out / "report.md").read_text()
+    rep = json.loads((out / "report.json").read_text())
+    assert "| Model | Precision | Batch | TAR@FAR=1e-5 (%) | TAR@FAR=1e-4 (%) | mean cosine vs fp32 embeddings |" in md
+    assert "| arcface-r18 | fp32 | 8 |" in md
+    assert {(r["backend"], r["precision"], r["batch"]) for r in rep["bench"]} == {
+        (b, p, n) for b, p in [("torch", "fp32"), ("ort", "fp32"), ("ort", "int8")] for n in (1, 2)}
+    tar = rep["accuracy"]["fp32"]["tar_at_far"]
+    assert set(map(float, tar)) == {1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1}
+    assert rep["accuracy"]["int8"]["agreement_vs_fp32"] > 0.98  # int8 embeddings follow fp32 ones
+    assert (out / "roc_fp32.png").stat().st_size > 1000
+    # the stand-alone evaluator on the features the run wrote gives the run's numbers
+    root = next((out / "data").glob("demo-ijbc-*"))
+    _cli(["eval", "ijbc", "--features", str(out / "predictions" / "fp32" / "features.npy"), "--meta", str(root / "meta"),
+          "--json", str(tmp_path / "ijbc.json"), "--plot", str(tmp_path / "roc.png")])
+    got = json.loads((tmp_path / "ijbc.json").read_text())["tar_at_far"]
+    assert got == pytest.approx(tar, abs=1e-12)
+    assert (tmp_path / "roc.png").stat().st_size > 1000
+
+
+def test_eval_ijbc_errors_are_one_line(tmp_path, capsys):
+    from deployzoo.cli import main
+    from deployzoo.data.ijbc import write_demo
+
+    layout = write_demo(tmp_path / "ijbc", n_identities=4, images_per_identity=3, seed=0)
+    n = len(layout.landmarks_path.read_text().splitlines())
+    np.save(tmp_path / "f.npy", np.ones((n + 1, 8), np.float32))
+    with pytest.raises(SystemExit) as e:
+        main(["eval", "ijbc", "--features", str(tmp_path / "f.npy"), "--meta", str(layout.meta_dir)])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1 and "f.npy" in err and str(n) in err
+
+
+@need_fixture(LFW_BIN)
+def test_eval_verification_on_bin_features(r18_engine, tmp_path, capsys):
+    predict(r18_engine, LFW_BIN, tmp_path / "p", show_progress=False)
+    _cli(["eval", "verification", "--features", str(tmp_path / "p" / "features.npy"), "--bin", str(LFW_BIN),
+          "--json", str(tmp_path / "v.json")])
+    res = json.loads((tmp_path / "v.json").read_text())
+    assert res["n_pairs"] == 10 and res["n_folds"] == 10 and 0.0 <= res["accuracy_mean"] <= 1.0
+    assert "Accuracy-Flip" in capsys.readouterr().out

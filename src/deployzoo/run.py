@@ -116,7 +116,7 @@ def run_pipeline(cfg: RunConfig) -> RunReport:
             marker.write_text(key)
             predict(eng, data.source, pred_dir, batch=predict_batch, formats=("jsonl", *data.pred_formats),
                     resume=same, overwrite=not same, threads=cfg.threads)
-            res = data.evaluate(pred_dir, out / f"pr_{prec}.png", title=f"{spec.name} {variant} {prec}")
+            res = data.evaluate(pred_dir, out / f"{data.plot_name.lower()}_{prec}.png", title=f"{spec.name} {variant} {prec}")
             _store(out / "stages" / f"eval-{prec}.json", key, res)
         accuracy[prec] = res
         agree = None
@@ -152,7 +152,7 @@ def run_pipeline(cfg: RunConfig) -> RunReport:
         bench_rows.extend(rows)
     plot_throughput(bench_rows, out / "throughput.png")
     # ---------------------------------------------------------------- report
-    perf_rows = [[r["model"], f"{r['backend']} {r['precision']}", r["batch"], round(r["throughput_ips"], 2),
+    perf_rows = [[r["model"], f"{r['backend']} {r['precision']}", r["batch"], f"{r['throughput_ips']:.2f}",
                   f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}"] for r in bench_rows if r["mode"] == "engine"]
     hw = bench_rows[0]["input_hw"] if bench_rows else None
     post = read_manifest(engines[cfg.precisions[0]])["postprocess"]
@@ -172,7 +172,7 @@ def run_pipeline(cfg: RunConfig) -> RunReport:
         "## Throughput", f"Engine-only, input {hw[0]}x{hw[1]}, {cfg.warmup} warm-up + {cfg.iters} timed iterations per batch; "
         f"threads: {cfg.threads or 'runtime default'}. `torch fp32` is eager PyTorch, the reference peer." if hw else "",
         "", md_table(["Model", "Engine", "Batch", "Throughput (img/s)", "p50 ms", "p99 ms"], perf_rows), "",
-        "Plots: " + ", ".join(f"[{data.plot_name} {p}](pr_{p}.png)" for p in cfg.precisions)
+        "Plots: " + ", ".join(f"[{data.plot_name} {p}]({data.plot_name.lower()}_{p}.png)" for p in cfg.precisions)
         + ", [throughput](throughput.png)", "",
     ]
     mach, ver = machine(), versions()

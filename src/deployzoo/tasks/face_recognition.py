@@ -15,10 +15,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
-from deployzoo.data.images import ImageError, SourceItem, list_source
+from deployzoo.data.face_align import INPUT_SIZE, AlignmentError, align_face
+from deployzoo.data.images import SourceItem, list_source
 from deployzoo.engine import atomic_write_text
 from deployzoo.errors import DeployzooError
 from deployzoo.tasks.base import Prepared
@@ -26,55 +26,10 @@ from deployzoo.tasks.base import Prepared
 log = logging.getLogger(__name__)
 
 DEFAULT_POST = {"flip": True}
-INPUT_SIZE = 112
-# The ArcFace template: where the eyes, nose tip and mouth corners land in a 112x112 crop (insightface's
-# `arcface_dst`; eval_ijbc.py writes it as a 96-wide template shifted by 8 px in x, the same points).
-ARCFACE_TEMPLATE = np.array(
-    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]],
-    dtype=np.float32,
-)
 FEATURES_FILE = "features.npy"
 FACENESS_FILE = "faceness.npy"
 ROWS_FILE = "rows.txt"
 MIN_FACE_SCORE = 0.5  # faces of a RetinaFace predictions.jsonl used as rows
-
-
-class AlignmentError(ImageError):
-    """Landmarks that cannot define a face crop; the item is skipped and reported."""
-
-
-def similarity_transform(src: np.ndarray, dst: np.ndarray = ARCFACE_TEMPLATE) -> np.ndarray:
-    """2 x 3 least-squares similarity (rotation, uniform scale, translation) mapping `src` points onto `dst`
-    (Umeyama's method, via scikit-image as insightface does). Raises AlignmentError when the points are degenerate."""
-    from skimage.transform import SimilarityTransform
-
-    src = np.asarray(src, dtype=np.float64).reshape(-1, 2)
-    dst = np.asarray(dst, dtype=np.float64).reshape(-1, 2)
-    if src.shape != dst.shape:
-        raise AlignmentError(f"expected {dst.shape[0]} landmarks, got {src.shape[0]}")
-    if not np.isfinite(src).all():
-        raise AlignmentError("landmarks are not finite")
-    spread = np.sqrt(((src - src.mean(0)) ** 2).sum(1).mean())
-    if spread < 1.0:
-        raise AlignmentError(f"landmarks are degenerate (all within {spread:.2f} px of their centre)")
-    if hasattr(SimilarityTransform, "from_estimate"):  # scikit-image >= 0.26
-        tf = SimilarityTransform.from_estimate(src, dst)
-        ok = bool(tf)
-    else:  # pragma: no cover - older scikit-image
-        tf = SimilarityTransform()
-        ok = tf.estimate(src, dst)
-    m = np.asarray(getattr(tf, "params", np.full((3, 3), np.nan)))[:2] if ok else np.full((2, 3), np.nan)
-    scale = float(np.sqrt(abs(np.linalg.det(m[:, :2])))) if np.isfinite(m).all() else float("nan")
-    if not np.isfinite(m).all() or not 1e-3 < scale < 1e3:
-        raise AlignmentError("landmarks are degenerate (no similarity transform fits them)")
-    return m.astype(np.float32)
-
-
-def align_face(img: np.ndarray, landmarks: np.ndarray, size: int = INPUT_SIZE) -> np.ndarray:
-    """Warp `img` so that its 5 landmarks (x, y in pixels: left eye, right eye, nose, left / right mouth corner)
-    land on the ArcFace template; black border, bilinear, as insightface's face_align."""
-    m = similarity_transform(landmarks, ARCFACE_TEMPLATE * (size / INPUT_SIZE))
-    return cv2.warpAffine(img, m, (size, size), borderValue=0.0)
 
 
 def normalise(img: np.ndarray, mean: Any, std: Any) -> np.ndarray:
@@ -94,12 +49,12 @@ def _looks_like_ijbc(p: Path) -> bool:
 def ijbc_items(root: Path) -> tuple[Path, list[SourceItem]]:
     from deployzoo.data.ijbc import find_layout, read_landmarks
 
-    layout = find_layout(root)
-    table = read_landmarks(layout.landmarks_file)
+    layout = find_layout(root, need_images=True)
+    table = read_landmarks(layout.landmarks_path)
     items = [
         SourceItem(layout.images_dir / name, name,
                    {"row": i, "landmarks": table.landmarks[i], "score": float(table.scores[i]),
-                    "where": f"{layout.landmarks_file}:{i + 1}"})
+                    "where": f"{layout.landmarks_path}:{i + 1}"})
         for i, name in enumerate(table.names)
     ]
     return layout.images_dir, items
@@ -358,7 +313,7 @@ class IJBCRunData:
             root = Path(data)
             self.calib_default = None
             self.name = f"IJB-C at {root}"
-        self.layout = find_layout(root)
+        self.layout = find_layout(root, need_images=True)
         self.source = self.layout.root
 
     def settings(self, imgsz: Any, post: dict[str, Any]) -> str:
