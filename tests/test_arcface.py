@@ -207,6 +207,16 @@ def test_predict_resumes_and_keeps_finished_rows(r18_engine, faces_with_landmark
     np.testing.assert_allclose(again, full, atol=1e-5, equal_nan=True)
 
 
+def test_fixed_batch_engine_pads_the_last_batch(r18_engine, faces_with_landmarks, tmp_path):
+    export_onnx("arcface", tmp_path / "b3.onnx", variant="r18", batch=3, check_parity=False)
+    fixed = build_engine(tmp_path / "b3.onnx", tmp_path / "b3", precision="fp32")
+    s = predict(fixed, faces_with_landmarks / "landmarks.txt", tmp_path / "fixed", show_progress=False)
+    assert s.written == 4  # 3 + 1 padded to 3
+    predict(r18_engine, faces_with_landmarks / "landmarks.txt", tmp_path / "dyn", batch=4, show_progress=False)
+    np.testing.assert_allclose(np.load(tmp_path / "fixed" / "features.npy"), np.load(tmp_path / "dyn" / "features.npy"),
+                               atol=1e-4, equal_nan=True)
+
+
 def test_unaligned_image_without_landmarks_is_skipped_with_a_reason(r18_engine, tmp_path):
     d = tmp_path / "imgs"
     d.mkdir()

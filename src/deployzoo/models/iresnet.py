@@ -26,7 +26,8 @@ LAYERS: dict[str, tuple[int, int, int, int]] = {
 
 # where the official weights are published (the insightface model zoo; manual download)
 OFFICIAL_WEIGHTS = {
-    v: "insightface arcface_torch model zoo (e.g. ms1mv3_arcface_" + v + "_fp16/backbone.pth)" for v in LAYERS
+    **{v: f"insightface arcface_torch model zoo: ms1mv3_arcface_{v}_fp16/backbone.pth" for v in ("r18", "r34", "r50", "r100")},
+    "r200": "insightface arcface_torch model zoo: an r200 backbone.pth (WebFace / Glint360K releases)",
 }
 
 EMBEDDING_DIM = 512
