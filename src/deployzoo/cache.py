@@ -15,7 +15,7 @@ from deployzoo.checkpoint import file_sha256
 from deployzoo.engine import MANIFEST
 from deployzoo.export import export_onnx, parse_imgsz
 from deployzoo.quant.calib import CalibSet, make_calib_set
-from deployzoo.registry import canonical_precision, get_model
+from deployzoo.registry import canonical_precision, get_model, get_task
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,8 @@ def ensure_engine(
         export_onnx(spec.name, onnx_path, variant=variant, weights=weights, imgsz=imgsz, batch=batch, seed=seed)
     cs = None
     if precision == "int8" and calib is not None:
-        cs = calib if isinstance(calib, CalibSet) else make_calib_set(calib, calib_size, calib_method)
+        cs = calib if isinstance(calib, CalibSet) else make_calib_set(calib, calib_size, calib_method,
+                                                                      task=get_task(spec.task))
     eng_id = {**graph_id, "backend": backend, "precision": precision, "calib": cs.describe() if cs else None,
               "float_groups": float_groups}
     eng = cache / "engines" / f"{spec.name}-{variant}-{backend}-{precision}-{_key(eng_id)[:16]}"

@@ -73,8 +73,8 @@ def export(
     imgsz: Optional[str] = typer.Option(None, help="'origin' (dynamic H x W) or 'H W' / HxW."),
     batch: int = typer.Option(1, help="Fixed batch size."),
     dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="Dynamic batch axis."),
-    opset: int = typer.Option(17, help="ONNX opset (>= 17)."),
-    exporter: str = typer.Option("torchscript", help="torchscript (fast) or dynamo."),
+    opset: Optional[int] = typer.Option(None, help="ONNX opset (>= 17; default: the model's, 17 or 18)."),
+    exporter: Optional[str] = typer.Option(None, help="torchscript or dynamo (default: the model's)."),
 ) -> None:
     """Export a model to ONNX and print the ORT-vs-PyTorch max abs difference."""
     from deployzoo.export import export_onnx

@@ -22,8 +22,6 @@ from deployzoo.registry import ModelSpec, get_model
 log = logging.getLogger(__name__)
 
 META_KEY = "deployzoo"
-DEFAULT_OPSET = 17
-DYNAMIC_MAX_BATCH = 64
 ORIGIN_PROBE_HW = (480, 640)
 
 
@@ -92,14 +90,17 @@ def export_onnx(
     weights: str | Path | None = None,
     imgsz: Any = None,
     batch: int | None = 1,
-    opset: int = DEFAULT_OPSET,
-    exporter: str = "torchscript",
+    opset: int | None = None,
+    exporter: str | None = None,
     seed: int = 0,
     check_parity: bool = True,
 ) -> ExportResult:
-    """Export to ONNX. `batch=None` gives a dynamic batch axis (1..64 advertised); `imgsz='origin'` dynamic H, W."""
+    """Export to ONNX. `batch=None` gives a dynamic batch axis (1..spec.max_batch advertised); `imgsz='origin'`
+    dynamic H, W. `exporter` / `opset` default to the model's (ModelSpec.exporter, .opset)."""
     spec = get_model(model)
     variant = spec.check_variant(variant)
+    exporter = exporter or spec.exporter
+    opset = opset or spec.opset
     imgsz = parse_imgsz(imgsz if imgsz is not None else spec.default_imgsz[variant])
     if opset < 17:
         raise DeployzooError(f"--opset {opset}: deployzoo exports opset >= 17")
@@ -124,7 +125,7 @@ def export_onnx(
         "variant": variant,
         "task": spec.task,
         "input": dict(spec.input, name=in_name, imgsz=imgsz, dtype="float32"),
-        "batch": {"dynamic": True, "min": 1, "max": DYNAMIC_MAX_BATCH} if batch is None else {"dynamic": False, "size": batch},
+        "batch": {"dynamic": True, "min": 1, "max": spec.max_batch} if batch is None else {"dynamic": False, "size": batch},
         "outputs": list(spec.output_names),
         "postprocess": dict(spec.post),
         "weights": weights_info(weights, seed),
@@ -142,7 +143,7 @@ def export_onnx(
             elif exporter == "dynamo":
                 shapes = {}
                 if batch is None:
-                    shapes[0] = torch.export.Dim("batch", min=1, max=DYNAMIC_MAX_BATCH)
+                    shapes[0] = torch.export.Dim("batch", min=1, max=spec.max_batch)
                 if imgsz == "origin":
                     shapes.update({2: torch.export.Dim.DYNAMIC, 3: torch.export.Dim.DYNAMIC})
                 prog = torch.onnx.export(

@@ -53,6 +53,9 @@ class ModelSpec:
     int8_recipe: dict[str, dict[str, tuple[str, ...]]] = field(default_factory=dict)
     bench_batches: tuple[int, ...] = (1, 4, 8)  # `run`'s default benchmark batches (the seed's)
     predict_batch: int = 1  # `run`'s default batch for the accuracy pass
+    exporter: str = "torchscript"  # the ONNX exporter that handles this architecture (export's default)
+    opset: int = 17
+    max_batch: int = 64  # upper end of a dynamic batch axis
 
     def check_variant(self, variant: str | None) -> str:
         v = variant or self.default_variant
