@@ -230,6 +230,32 @@ def eval_verification(
         write_json(json_out, out)
 
 
+@eval_app.command("imagenet")
+def eval_imagenet(
+    pred: Path = typer.Option(..., help="predictions.jsonl (or its directory) from `predict` of a classifier."),
+    labels: Path = typer.Option(..., help="Labels file (`<image> <class>` per line, e.g. val.txt), or a directory of "
+                                "class sub-folders (classes in sorted order, or --synsets order)."),
+    synsets: Optional[Path] = typer.Option(None, help="synset_words.txt: class order of sub-folder labels."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write {top1, top5, n} here."),
+    out_dir: Optional[Path] = typer.Option(None, help="Write eval_labels.txt, eval_result_1.txt, eval_result_5.txt, "
+                                           "eval_result.txt here (default: beside the predictions)."),
+    allow_missing: bool = typer.Option(False, help="Score only the predicted images when some labelled ones have none."),
+) -> None:
+    """ImageNet top-1 / top-5 accuracy, images matched to labels by file name."""
+    from deployzoo.data.imagenet import find_set, read_labels
+    from deployzoo.engine import write_json
+    from deployzoo.metrics.classification import evaluate, read_predictions, write_seed_files
+
+    lab = find_set(labels, synsets=synsets).labels if labels.is_dir() else read_labels(labels)
+    res = evaluate(read_predictions(pred), lab, allow_missing=allow_missing, pred_path=str(pred),
+                   labels_path=str(labels))
+    typer.echo(f"top1: {res.top1:.6f}  top5: {res.top5:.6f}  (n={res.n}"
+               + (f", {res.n_missing} labelled images without prediction left out)" if res.n_missing else ")"))
+    write_seed_files(res, out_dir or (pred if pred.is_dir() else pred.parent))
+    if json_out:
+        write_json(json_out, res.to_json())
+
+
 @app.command()
 def bench(
     engines: list[Path] = typer.Argument(..., help="One or more engine directories (compared in one run)."),

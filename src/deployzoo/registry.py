@@ -118,11 +118,37 @@ def _arcface() -> ModelSpec:
     )
 
 
-_MODEL_FACTORIES: dict[str, Callable[[], ModelSpec]] = {"retinaface": _retinaface, "arcface": _arcface}
+def _mobilenetv1() -> ModelSpec:
+    from deployzoo.models import mobilenetv1 as mb
+    from deployzoo.tasks.classification import DEFAULT_POST
+
+    return ModelSpec(
+        name="mobilenetv1",
+        task="classification",
+        variants=mb.VARIANTS,
+        default_variant="x0.25",
+        default_imgsz={"x0.25": [224, 224]},
+        input=dict(mb.INPUT),
+        post=dict(DEFAULT_POST),
+        weights=dict(mb.OFFICIAL_WEIGHTS),
+        build=mb.build_model,
+        deploy=mb.ClassifierDeploy,
+        output_names=mb.ClassifierDeploy.output_names,
+        # measured on val_227 (docs/benchmarks/cpu.md): int8 depthwise convs cost ~11 top-1 points on this tiny
+        # network, so they stay float with the first conv and the fc; the pointwise convs run int8.
+        int8_recipe={"x0.25": {"float_groups": ("first_conv", "depthwise", "heads"), "op_types": ("Conv",)}},
+        bench_batches=(1, 32),
+    )
+
+
+_MODEL_FACTORIES: dict[str, Callable[[], ModelSpec]] = {
+    "retinaface": _retinaface, "arcface": _arcface, "mobilenetv1": _mobilenetv1,
+}
 _MODEL_ALIASES = {"iresnet": "arcface"}
 _TASKS = {
     "face_detection": ("deployzoo.tasks.face_detection", "FaceDetectionTask"),
     "face_recognition": ("deployzoo.tasks.face_recognition", "FaceRecognitionTask"),
+    "classification": ("deployzoo.tasks.classification", "ClassificationTask"),
 }
 _BACKENDS = {"ort": ("deployzoo.backends.ort", "OrtBackend"), "torch": ("deployzoo.backends.torch_eager", "TorchBackend")}
 

@@ -116,7 +116,8 @@ def run_pipeline(cfg: RunConfig) -> RunReport:
             marker.write_text(key)
             predict(eng, data.source, pred_dir, batch=predict_batch, formats=("jsonl", *data.pred_formats),
                     resume=same, overwrite=not same, threads=cfg.threads)
-            res = data.evaluate(pred_dir, out / f"{data.plot_name.lower()}_{prec}.png", title=f"{spec.name} {variant} {prec}")
+            plot = out / f"{data.plot_name.lower()}_{prec}.png" if data.plot_name else None
+            res = data.evaluate(pred_dir, plot, title=f"{spec.name} {variant} {prec}")
             _store(out / "stages" / f"eval-{prec}.json", key, res)
         accuracy[prec] = res
         agree = None
@@ -172,8 +173,8 @@ def run_pipeline(cfg: RunConfig) -> RunReport:
         "## Throughput", f"Engine-only, input {hw[0]}x{hw[1]}, {cfg.warmup} warm-up + {cfg.iters} timed iterations per batch; "
         f"threads: {cfg.threads or 'runtime default'}. `torch fp32` is eager PyTorch, the reference peer." if hw else "",
         "", md_table(["Model", "Engine", "Batch", "Throughput (img/s)", "p50 ms", "p99 ms"], perf_rows), "",
-        "Plots: " + ", ".join(f"[{data.plot_name} {p}]({data.plot_name.lower()}_{p}.png)" for p in cfg.precisions)
-        + ", [throughput](throughput.png)", "",
+        "Plots: " + "".join(f"[{data.plot_name} {p}]({data.plot_name.lower()}_{p}.png), " for p in cfg.precisions
+                            if data.plot_name) + "[throughput](throughput.png)", "",
     ]
     mach, ver = machine(), versions()
     md += [f"Machine: {mach['cpu']}, {mach['affinity_cores']} cores, {mach['memory_gib']} GiB. Versions: "

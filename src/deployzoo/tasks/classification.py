@@ -1,0 +1,126 @@
+"""Image classification task (ImageNet classifiers: MobileNetV1, VOLO-D2): the weights' own eval transform
+(resize the shorter side, centre crop, mean / std, as torchvision / timm do it with PIL), softmax + top-k, the
+seed's result files, and the run integration (top-1 / top-5 against labels)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from deployzoo.tasks.base import Prepared
+
+DEFAULT_POST = {"topk": 5}
+_PIL_INTERP = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST,
+               "lanczos": Image.LANCZOS}
+
+
+def resize_center_crop(img: np.ndarray, resize: int, crop: int, interpolation: str = "bilinear") -> np.ndarray:
+    """Shorter side to `resize` (the longer one int(resize * long / short)), then the centre `crop` x `crop`:
+    torchvision's Resize(int) + CenterCrop on a PIL image, which timm's eval transform also uses."""
+    h, w = img.shape[:2]
+    if w <= h:
+        ow, oh = resize, int(resize * h / w)
+    else:
+        oh, ow = resize, int(resize * w / h)
+    if (oh, ow) != (h, w):
+        img = np.asarray(Image.fromarray(img).resize((ow, oh), _PIL_INTERP[interpolation]))
+    if oh < crop or ow < crop:  # torchvision pads; only possible when resize < crop
+        pad = np.zeros((max(oh, crop), max(ow, crop), 3), np.uint8)
+        pad[(pad.shape[0] - oh) // 2:(pad.shape[0] - oh) // 2 + oh, (pad.shape[1] - ow) // 2:(pad.shape[1] - ow) // 2 + ow] = img
+        img, oh, ow = pad, pad.shape[0], pad.shape[1]
+    top, left = int(round((oh - crop) / 2.0)), int(round((ow - crop) / 2.0))
+    return img[top:top + crop, left:left + crop]
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+class ClassificationTask:
+    name = "classification"
+    formats: tuple[str, ...] = ()
+
+    def prepare(self, img: np.ndarray, spec: dict[str, Any], meta: dict[str, Any] | None = None) -> Prepared:
+        crop = int(spec.get("crop", 224))
+        x = resize_center_crop(img, int(spec.get("resize", 256)), crop, spec.get("interpolation", "bilinear"))
+        mean = np.asarray(spec["mean"], dtype=np.float32).reshape(3, 1, 1)
+        std = np.asarray(spec["std"], dtype=np.float32).reshape(3, 1, 1)
+        return Prepared((x.transpose(2, 0, 1).astype(np.float32) - mean) / std, {})
+
+    def collate(self, items: list[Prepared], spec: dict[str, Any]) -> np.ndarray:
+        return np.stack([p.tensor for p in items])
+
+    def postprocess(self, outputs: dict[str, np.ndarray], metas: list[dict[str, Any]],
+                    post: dict[str, Any]) -> list[dict[str, Any]]:
+        k = int(post.get("topk", 5))
+        probs = softmax(outputs["logits"])
+        top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+        return [{"topk": [[int(c), round(float(p[c]), 6)] for c in t]} for t, p in zip(top, probs)]
+
+    def write_format(self, fmt: str, name: str, record: dict[str, Any], out_dir: Path) -> None:
+        raise ValueError(fmt)
+
+    def render(self, img: np.ndarray, record: dict[str, Any]) -> np.ndarray:
+        return img
+
+    def run_data(self, data: str, work_dir: Path, gt: Path | None = None, demo_images: int = 24) -> "ImageNetRunData":
+        return ImageNetRunData(data, work_dir, gt, demo_images)
+
+
+class ImageNetRunData:
+    """What `deployzoo run` needs for classification: the labelled set, calibration images, the scoring."""
+
+    pred_formats: tuple[str, ...] = ()
+    accuracy_headers = ("Batch", "TOP1", "TOP5")  # the seed's table
+    agreement_header = "top-1 agreement vs fp32"
+    agreement_nan = "no fp32 prediction"
+    plot_name = ""  # no curve to plot
+    calib_hint = "e.g. images from ImageNet train, never from the evaluation set"
+
+    def __init__(self, data: str, work_dir: Path, labels: Path | None = None, demo_images: int = 24) -> None:
+        from deployzoo.data.imagenet import find_set, write_demo
+
+        if data == "demo":
+            root = work_dir / f"demo-imagenet-{demo_images}"
+            if not (root / "val.txt").is_file():
+                write_demo(root, n_images=demo_images, seed=0)
+            calib = work_dir / "demo-imagenet-calib"
+            if not (calib / "val.txt").is_file():
+                write_demo(calib, n_images=16, seed=1)
+            self.calib_default: Path | None = calib / "images"
+            self.name = f"demo labelled set ({demo_images} generated images, random labels, seed 0)"
+        else:
+            root = Path(data)
+            self.calib_default = None
+            self.name = f"labelled images at {root}"
+        self.set = find_set(root, labels)
+        self.source = self.set.images_dir
+
+    def settings(self, imgsz: Any, post: dict[str, Any]) -> str:
+        return "Top-1 / top-5 accuracy (fractions) of the softmax over the engine's logits, images matched to labels by name."
+
+    def evaluate(self, pred_dir: Path, plot_path: Path | None = None, title: str | None = None) -> dict[str, Any]:
+        from deployzoo.metrics.classification import evaluate, read_predictions, write_seed_files
+
+        res = evaluate(read_predictions(pred_dir), self.set.labels, allow_missing=True,
+                       pred_path=str(pred_dir), labels_path=self.set.source)
+        write_seed_files(res, pred_dir)
+        return res.to_json()
+
+    def accuracy_cells(self, res: dict[str, Any], batch: int) -> list[Any]:
+        return [batch, f"{res['top1']:.4f}", f"{res['top5']:.4f}"]
+
+    def agreement(self, ref_dir: Path, pred_dir: Path) -> float:
+        from deployzoo.metrics.classification import read_predictions
+
+        ref, got = read_predictions(ref_dir), read_predictions(pred_dir)
+        common = [k for k in ref if k in got]
+        if not common:
+            return float("nan")
+        return sum(ref[k][:1] == got[k][:1] for k in common) / len(common)
+
