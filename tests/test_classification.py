@@ -135,3 +135,24 @@ def test_real_mobilenetv1_int8_within_budget(mb_onnx, tmp_path):
     calib = make_calib_set(FIXTURES / "coco128" / "images", 128, "percentile")
     r = _top1(build_engine(mb_onnx, tmp_path / "int8", precision="int8", calib=calib), tmp_path)
     assert r.top1 >= EAGER_TOP1 - 0.025
+
+
+@pytest.mark.slow
+def test_run_demo_volo(tmp_path):
+    """VOLO through the registry: dynamo export with a dynamic batch, int8 with float MatMul outputs, run report."""
+    pytest.importorskip("timm")
+    from deployzoo.cli import main
+    from deployzoo.engine import read_manifest
+
+    out = tmp_path / "run"
+    try:
+        main(["run", "volo_d2", "--variant", "d1_224", "--data", "demo", "--demo-images", "4", "--precisions",
+              "fp32,int8", "--batches", "2", "--iters", "1", "--warmup", "0", "--no-reference", "-o", str(out)])
+    except SystemExit as e:
+        assert e.code == 0
+    rep = json.loads((out / "report.json").read_text())
+    m = read_manifest(rep["engines"]["int8"])
+    assert m["input"]["interpolation"] == "bicubic" and m["input"]["resize"] == 233 and m["input"]["crop"] == 224
+    assert m["batch"] == {"dynamic": True, "min": 1, "max": 192}
+    assert m["quantization"]["float_outputs"] == ["MatMul", "Gemm"]
+    assert rep["accuracy"]["fp32"]["n"] == 4

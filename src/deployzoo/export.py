@@ -110,7 +110,8 @@ def export_onnx(
         want = "x".join(map(str, spec.default_imgsz[variant]))
         raise DeployzooError(f"{spec.name}: the network takes {want} inputs only (--imgsz {want})")
     module = build_deploy_module(spec, variant, weights, seed)
-    x = probe_input(imgsz, batch or 1, seed, spec.input)
+    # dynamo specialises a dynamic batch axis traced at size 1 (timm's VOLO slices hit it): trace at 2
+    x = probe_input(imgsz, batch or (2 if exporter == "dynamo" else 1), seed, spec.input)
     out = Path(out)
     in_name = "images"
     dyn_axes: dict[str, dict[int, str]] = {in_name: {}}
@@ -128,6 +129,7 @@ def export_onnx(
         "batch": {"dynamic": True, "min": 1, "max": spec.max_batch} if batch is None else {"dynamic": False, "size": batch},
         "outputs": list(spec.output_names),
         "postprocess": dict(spec.post),
+        "fp16_keep_ops": list(spec.fp16_keep_ops),
         "weights": weights_info(weights, seed),
         "export": {"opset": opset, "exporter": exporter, "created": now_iso(), "versions": versions()},
     }
@@ -154,6 +156,9 @@ def export_onnx(
             else:
                 raise DeployzooError(f"--exporter {exporter!r}: choose torchscript or dynamo")
         m = onnx.load(str(tmp))
+        if batch is None and not m.graph.input[0].type.tensor_type.shape.dim[0].dim_param:
+            raise DeployzooError(f"{spec.name}: the {exporter} exporter fixed the batch axis; export with --batch N "
+                                 "or the other exporter")
         meta["export"]["rewrites"] = simplify_activations(m)
         m.metadata_props.append(onnx.StringStringEntryProto(key=META_KEY, value=json.dumps(meta)))
         onnx.checker.check_model(m, full_check=True)

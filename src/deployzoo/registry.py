@@ -56,6 +56,7 @@ class ModelSpec:
     exporter: str = "torchscript"  # the ONNX exporter that handles this architecture (export's default)
     opset: int = 17
     max_batch: int = 64  # upper end of a dynamic batch axis
+    fp16_keep_ops: tuple[str, ...] = ()  # ONNX op types an fp16 build keeps fp32 (e.g. LayerNorm, Softmax)
 
     def check_variant(self, variant: str | None) -> str:
         v = variant or self.default_variant
@@ -141,10 +142,37 @@ def _mobilenetv1() -> ModelSpec:
     )
 
 
+def _volo() -> ModelSpec:
+    from deployzoo.models import volo
+    from deployzoo.tasks.classification import DEFAULT_POST
+
+    return ModelSpec(
+        name="volo_d2",
+        task="classification",
+        variants=volo.VARIANTS,
+        default_variant="d2_224",
+        default_imgsz={v: volo.default_imgsz(v) for v in volo.VARIANTS},
+        seed_imgsz={"d2_224": [224, 224]},
+        input=volo.spec_input("d2_224"),  # the weights' own eval transform (timm pretrained_cfg)
+        post=dict(DEFAULT_POST),
+        weights=dict(volo.OFFICIAL_WEIGHTS),
+        build=volo.build_model,
+        deploy=volo.VoloDeploy,
+        output_names=volo.VoloDeploy.output_names,
+        int8_recipe={v: {"float_groups": (), "op_types": volo.INT8_OP_TYPES,
+                         "exclude_output_ops": volo.INT8_EXCLUDE_OUTPUT_OPS} for v in volo.VARIANTS},
+        bench_batches=(1, 8),
+        exporter=volo.EXPORTER,
+        opset=volo.OPSET,
+        max_batch=volo.MAX_BATCH,
+        fp16_keep_ops=volo.FP16_KEEP_OPS,
+    )
+
+
 _MODEL_FACTORIES: dict[str, Callable[[], ModelSpec]] = {
-    "retinaface": _retinaface, "arcface": _arcface, "mobilenetv1": _mobilenetv1,
+    "retinaface": _retinaface, "arcface": _arcface, "mobilenetv1": _mobilenetv1, "volo_d2": _volo,
 }
-_MODEL_ALIASES = {"iresnet": "arcface"}
+_MODEL_ALIASES = {"iresnet": "arcface", "volo": "volo_d2", "volo-d2": "volo_d2"}
 _TASKS = {
     "face_detection": ("deployzoo.tasks.face_detection", "FaceDetectionTask"),
     "face_recognition": ("deployzoo.tasks.face_recognition", "FaceRecognitionTask"),

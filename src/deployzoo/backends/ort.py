@@ -73,7 +73,7 @@ class OrtBackend:
         if precision == "fp32":
             shutil.copyfile(onnx_path, dst)
         elif precision == "fp16":
-            info["fp16"] = self._fp16(onnx_path, dst)
+            info["fp16"] = self._fp16(onnx_path, dst, meta)
         elif precision == "int8":
             if calib is None:
                 raise DeployzooError("int8 needs calibration images: pass --calib DIR (separate from the evaluation set)")
@@ -89,15 +89,25 @@ class OrtBackend:
 
     # ------------------------------------------------------------------ fp16
     @staticmethod
-    def _fp16(src: Path, dst: Path) -> dict[str, Any]:
+    def _fp16(src: Path, dst: Path, meta: dict[str, Any] | None = None) -> dict[str, Any]:
         from onnxruntime.transformers.float16 import convert_float_to_float16
 
         model = onnx.load(str(src))
         recipes.name_nodes(model)
         keep = recipes.tail_nodes(model)
+        info: dict[str, Any] = {"rule": "post-head decode tail kept fp32; inputs/outputs fp32"}
+        # per-model op types kept fp32 (export metadata; empty for models without such ops: build unchanged)
+        keep_ops = list((meta or {}).get("fp16_keep_ops") or ())
+        if keep_ops:
+            tail = set(keep)
+            kept = [n for n in recipes.fp16_keep_nodes(model, keep_ops) if n not in tail]
+            keep += kept
+            info["keep_ops"] = keep_ops
+            info["keep_ops_nodes"] = len(kept)
+            info["rule"] += f"; {', '.join(keep_ops)} (and the attention MatMuls around Softmax) kept fp32"
         m16 = convert_float_to_float16(model, keep_io_types=True, node_block_list=keep, disable_shape_infer=False)
         onnx.save(m16, str(dst))
-        return {"fp32_nodes": len(keep), "rule": "post-head decode tail kept fp32; inputs/outputs fp32"}
+        return {"fp32_nodes": len(keep), **info}
 
     # ------------------------------------------------------------------ int8
     @staticmethod
@@ -118,12 +128,24 @@ class OrtBackend:
         groups = meta.get("int8_float_groups")
         groups = tuple(recipe.get("float_groups", ()) if groups is None else groups)
         op_types = list(meta.get("int8_op_types") or recipe.get("op_types", ("Conv",)))
+        # op types whose outputs stay float (no QuantizeLinear after them; default none): for transformers the
+        # MatMuls, so ORT runs them as int8 products with float outputs and LayerNorm / Softmax / GELU read float
+        exclude_out = list(meta.get("int8_exclude_output_ops") or recipe.get("exclude_output_ops", ()))
+        extra: dict[str, Any] = {"CalibMovingAverage": False, "ActivationSymmetric": False}
+        if exclude_out:
+            extra["OpTypesToExcludeOutputQuantization"] = exclude_out
         pre = dst.with_name("pre_quant.onnx")
         try:
             quant_pre_process(str(src), str(pre), skip_symbolic_shape=False)
-        except Exception as exc:  # noqa: BLE001 - fall back to the plain graph if the pre-pass fails
-            log.warning("quantization pre-processing failed (%s); quantizing the exported graph as is", exc)
-            shutil.copyfile(src, pre)
+        except Exception as exc:  # noqa: BLE001 - retry without the symbolic pass, then the plain graph
+            # ORT's symbolic shape inference fails on some dynamo-exported transformer graphs (VOLO); ONNX shape
+            # inference + the ORT graph optimisation of the pre-pass still work there
+            log.info("quantization pre-processing: symbolic shape inference failed (%s); retrying without it", exc)
+            try:
+                quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+            except Exception as exc2:  # noqa: BLE001 - fall back to the plain graph if the pre-pass fails
+                log.warning("quantization pre-processing failed (%s); quantizing the exported graph as is", exc2)
+                shutil.copyfile(src, pre)
         model = onnx.load(str(pre))
         recipes.name_nodes(model)
         onnx.save(model, str(pre))
@@ -144,7 +166,7 @@ class OrtBackend:
             calibrate_method=method,
             op_types_to_quantize=op_types,
             nodes_to_exclude=exclude,
-            extra_options={"CalibMovingAverage": False, "ActivationSymmetric": False},
+            extra_options=extra,
         )
         pre.unlink(missing_ok=True)
         if reader.used == 0:
@@ -154,6 +176,7 @@ class OrtBackend:
         return {
             "format": "QDQ", "activations": "uint8 per-tensor asymmetric", "weights": "int8 per-channel symmetric",
             "op_types": op_types, "float_groups": list(groups),
+            **({"float_outputs": exclude_out} if exclude_out else {}),
             "float_convs": {g: len(v) for g, v in kept.items()},
             "int8_convs": convs - len(float_convs), "total_convs": convs,
             "calibration_images_used": reader.used,

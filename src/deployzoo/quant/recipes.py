@@ -80,3 +80,76 @@ def float_nodes(model: onnx.ModelProto, groups: tuple[str, ...]) -> dict[str, li
 def tail_nodes(model: onnx.ModelProto) -> list[str]:
     down = reaches_compute(model)
     return [n.name for n in model.graph.node if n.op_type not in COMPUTE_OPS and not down[n.name]]
+
+
+# ------------------------------------------------------------------------------------- fp16: nodes kept fp32
+# A model's `fp16_keep_ops` (export metadata) names op types an fp16 build keeps fp32: for transformers
+# LayerNormalization (its variance overflows fp16) and Softmax. Softmax also keeps its attention MatMuls fp32:
+# the MatMul that produces the logits (reached upstream through the scale / bias / layout ops in between, kept
+# too) and the MatMuls that read the probabilities (the attention-weighted sum), where fp16 products overflow
+# or lose the small weights.
+
+_LAYOUT_OPS = ("Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Cast")
+_AFFINE_OPS = ("Mul", "Div", "Add", "Sub")
+_MATMULS = ("MatMul", "Gemm")
+
+
+def _constants(model: onnx.ModelProto) -> set[str]:
+    """Initializers, Constant outputs, and Identity / Cast copies of them (the torchscript exporter shares a
+    weight through Identity nodes)."""
+    consts = {t.name for t in model.graph.initializer}
+    for n in model.graph.node:  # topological order
+        if n.op_type == "Constant" or (n.op_type in ("Identity", "Cast") and all(t in consts for t in n.input)):
+            consts.update(n.output)
+    return consts
+
+
+def _attention_matmuls(softmax: onnx.NodeProto, consts: set[str], producers: dict[str, onnx.NodeProto],
+                       consumers: dict[str, list[onnx.NodeProto]], max_hops: int = 8) -> list[str]:
+    out: list[str] = []
+    # upstream: Softmax <- (layout / affine-with-a-constant ops)* <- MatMul
+    chain: list[str] = []
+    tensor = softmax.input[0]
+    for _ in range(max_hops):
+        node = producers.get(tensor)
+        if node is None:
+            break
+        if node.op_type in _MATMULS:
+            out += chain + [node.name]
+            break
+        live = [t for t in node.input if t and t not in consts]
+        if node.op_type in _LAYOUT_OPS or (node.op_type in _AFFINE_OPS and len(live) == 1):
+            chain.append(node.name)
+            tensor = node.input[0] if node.op_type in _LAYOUT_OPS or not live else live[0]
+            continue
+        break
+    # downstream: Softmax -> (layout ops)* -> MatMul
+    frontier, hops = [softmax.output[0]], 0
+    while frontier and hops < max_hops:
+        nxt = []
+        for t in frontier:
+            for c in consumers.get(t, []):
+                if c.op_type in _MATMULS:
+                    out.append(c.name)
+                elif c.op_type in _LAYOUT_OPS:
+                    nxt += list(c.output)
+        frontier, hops = nxt, hops + 1
+    return out
+
+
+def fp16_keep_nodes(model: onnx.ModelProto, keep_ops: tuple[str, ...] | list[str]) -> list[str]:
+    """Names of the nodes an fp16 build keeps fp32 for `keep_ops` (op types; with "Softmax", its attention
+    MatMuls too). Empty `keep_ops` -> nothing (the build is as before). Call name_nodes first."""
+    keep_ops = tuple(keep_ops or ())
+    if not keep_ops:
+        return []
+    consts = _constants(model)
+    producers = {o: n for n in model.graph.node for o in n.output}
+    consumers = _index(model)
+    names: list[str] = []
+    for node in model.graph.node:
+        if node.op_type in keep_ops:
+            names.append(node.name)
+        if node.op_type == "Softmax" and "Softmax" in keep_ops:
+            names += _attention_matmuls(node, consts, producers, consumers)
+    return list(dict.fromkeys(names))
