@@ -256,6 +256,22 @@ def eval_imagenet(
         write_json(json_out, res.to_json())
 
 
+@eval_app.command("coco")
+def eval_coco(
+    pred: Path = typer.Option(..., help="COCO results json (bbox [x,y,w,h], score, category_id, RLE segmentation)."),
+    ann: Path = typer.Option(..., help="COCO instances json of the images."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write {bbox: {AP, AP50, ...}, segm: {...}} here."),
+) -> None:
+    """COCO bbox / segm AP and AR with pycocotools' COCOeval (each type the results carry)."""
+    from deployzoo.engine import write_json
+    from deployzoo.metrics.coco import evaluate
+
+    stats, text = evaluate(pred, ann)
+    typer.echo(text.rstrip())
+    if json_out:
+        write_json(json_out, stats)
+
+
 @app.command()
 def bench(
     engines: list[Path] = typer.Argument(..., help="One or more engine directories (compared in one run)."),
