@@ -67,13 +67,27 @@ def bench_markdown(result: dict[str, Any]) -> str:
     return "\n".join(parts) + "\n"
 
 
+def new_figure(figsize: tuple[float, float]) -> tuple[Any, Any]:
+    """(figure, axes) drawn off-screen with the Agg canvas; no global matplotlib state is touched."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig, fig.add_subplot()
+
+
+def save_figure(fig: Any, path: str | Path) -> Path:
+    """Lay out and write `fig` as a PNG at `path` (parent directories created)."""
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path
+
+
 def plot_throughput(rows: list[dict[str, Any]], path: str | Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = new_figure((6, 4))
     series: dict[str, list[tuple[int, float]]] = {}
     for r in rows:
         if r["mode"] != "engine":
@@ -87,8 +101,4 @@ def plot_throughput(rows: list[dict[str, Any]], path: str | Path) -> Path:
     ax.set_title("Throughput vs batch")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

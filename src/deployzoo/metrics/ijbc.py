@@ -599,8 +599,7 @@ def plot_roc(results: IJBCResult | Mapping[str, IJBCResult] | Sequence[IJBCResul
              title: str | None = None) -> Path:
     """ROC curves (TAR vs FAR, log FAR from 1e-6 to 1) as a PNG, one per result, with the FAR_LEVELS
     read-offs marked; a mapping gives the legend labels. No global matplotlib state is touched."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from deployzoo.report import new_figure, save_figure
 
     if isinstance(results, IJBCResult):
         items = [("", results)]
@@ -608,9 +607,7 @@ def plot_roc(results: IJBCResult | Mapping[str, IJBCResult] | Sequence[IJBCResul
         items = list(results.items())
     else:
         items = [(f"run {i}", r) for i, r in enumerate(results)]
-    fig = Figure(figsize=(6, 4.5))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
+    fig, ax = new_figure((6, 4.5))
     lowest = 1.0
     for name, r in items:
         ok = r.fpr > 0
@@ -630,8 +627,4 @@ def plot_roc(results: IJBCResult | Mapping[str, IJBCResult] | Sequence[IJBCResul
     ax.grid(alpha=0.3, which="major")
     ax.legend(loc="lower right", fontsize=8)
     ax.set_title(title or "IJB-C 1:1 verification ROC")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    return path
+    return save_figure(fig, path)

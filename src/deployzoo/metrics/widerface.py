@@ -303,12 +303,9 @@ def evaluate(pred: str | Path | Preds, gt: str | Path | WiderGT, iou_thresh: flo
 
 def plot_pr(result: WiderResult, path: str | Path, title: str | None = None) -> Path:
     """PR curves of the three settings (AP in the legend) as a PNG; no global matplotlib state is touched."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from deployzoo.report import new_figure, save_figure
 
-    fig = Figure(figsize=(5, 4))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
+    fig, ax = new_figure((5, 4))
     for s in SETTINGS:
         prec, rec = result.curves[s]
         ok = np.isfinite(prec) & np.isfinite(rec)
@@ -320,8 +317,4 @@ def plot_pr(result: WiderResult, path: str | Path, title: str | None = None) -> 
     ax.grid(alpha=0.3)
     ax.legend(loc="lower left")
     ax.set_title(title or "WIDER FACE val PR")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    return path
+    return save_figure(fig, path)
