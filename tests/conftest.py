@@ -11,6 +11,16 @@ FIXTURES = REPO.parent / "shared" / "fixtures"
 MNET_WEIGHTS = FIXTURES / "retinaface" / "mobilenet0.25_Final.pth"
 
 
+def run_cli(args: list[str]) -> None:
+    """Run the deployzoo CLI in-process and require success (a SystemExit other than 0 fails the test)."""
+    from deployzoo.cli import main
+
+    try:
+        main(args)
+    except SystemExit as e:
+        assert e.code == 0
+
+
 def need_fixture(path: Path):
     return pytest.mark.skipif(not path.exists(), reason=f"needs {path} (../shared/fixtures is absent in a fresh clone)")
 

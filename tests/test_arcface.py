@@ -21,7 +21,7 @@ from deployzoo.registry import get_model
 from deployzoo.data.face_align import ARCFACE_TEMPLATE, AlignmentError, align_face, similarity_transform
 from deployzoo.tasks.face_recognition import mean_cosine, normalise
 
-from conftest import FIXTURES, MNET_WEIGHTS, astronaut_bgr, need_fixture
+from conftest import FIXTURES, MNET_WEIGHTS, astronaut_bgr, need_fixture, run_cli
 
 LFW_BIN = FIXTURES / "lfw" / "small_lfw.bin"
 
@@ -269,19 +269,10 @@ def _mnet_engine(tmp_path: Path) -> Path:
 # ----------------------------------------------------------------------------------------------- run + eval CLI
 
 
-def _cli(args):
-    from deployzoo.cli import main
-
-    try:
-        main(args)
-    except SystemExit as e:
-        assert e.code == 0
-
-
 @pytest.mark.slow
 def test_run_arcface_demo_gives_the_seed_table_and_eval_ijbc_agrees(tmp_path):
     out = tmp_path / "run"
-    _cli(["run", "arcface", "--variant", "r18", "--data", "demo", "--demo-images", "24", "--precisions", "fp32,int8",
+    run_cli(["run", "arcface", "--variant", "r18", "--data", "demo", "--demo-images", "24", "--precisions", "fp32,int8",
           "--batches", "1,2", "--predict-batch", "8", "--iters", "2", "--warmup", "1", "-o", str(out)])
     md = (out / "report.md").read_text()
     rep = json.loads((out / "report.json").read_text())
@@ -295,7 +286,7 @@ def test_run_arcface_demo_gives_the_seed_table_and_eval_ijbc_agrees(tmp_path):
     assert (out / "roc_fp32.png").stat().st_size > 1000
     # the stand-alone evaluator on the features the run wrote gives the run's numbers
     root = next((out / "data").glob("demo-ijbc-*"))
-    _cli(["eval", "ijbc", "--features", str(out / "predictions" / "fp32" / "features.npy"), "--meta", str(root / "meta"),
+    run_cli(["eval", "ijbc", "--features", str(out / "predictions" / "fp32" / "features.npy"), "--meta", str(root / "meta"),
           "--json", str(tmp_path / "ijbc.json"), "--plot", str(tmp_path / "roc.png")])
     got = json.loads((tmp_path / "ijbc.json").read_text())["tar_at_far"]
     assert got == pytest.approx(tar, abs=1e-12)
@@ -318,7 +309,7 @@ def test_eval_ijbc_errors_are_one_line(tmp_path, capsys):
 @need_fixture(LFW_BIN)
 def test_eval_verification_on_bin_features(r18_engine, tmp_path, capsys):
     predict(r18_engine, LFW_BIN, tmp_path / "p", show_progress=False)
-    _cli(["eval", "verification", "--features", str(tmp_path / "p" / "features.npy"), "--bin", str(LFW_BIN),
+    run_cli(["eval", "verification", "--features", str(tmp_path / "p" / "features.npy"), "--bin", str(LFW_BIN),
           "--json", str(tmp_path / "v.json")])
     res = json.loads((tmp_path / "v.json").read_text())
     assert res["n_pairs"] == 10 and res["n_folds"] == 10 and 0.0 <= res["accuracy_mean"] <= 1.0

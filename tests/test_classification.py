@@ -20,7 +20,7 @@ from deployzoo.predict import predict
 from deployzoo.quant.calib import make_calib_set
 from deployzoo.tasks.classification import resize_center_crop
 
-from conftest import FIXTURES, need_fixture
+from conftest import FIXTURES, need_fixture, run_cli
 
 PRETRAIN = FIXTURES / "retinaface" / "mobilenetV1X0.25_pretrain.tar"
 VAL = FIXTURES / "imagenet" / "val_227"
@@ -87,14 +87,9 @@ def test_wrong_number_of_classes_is_one_line(tmp_path):
 
 @pytest.mark.slow
 def test_run_demo_classifier(tmp_path):
-    from deployzoo.cli import main
-
     out = tmp_path / "run"
-    try:
-        main(["run", "mobilenetv1", "--data", "demo", "--demo-images", "8", "--precisions", "fp32,int8", "--batches",
-              "1,2", "--iters", "2", "--warmup", "1", "-o", str(out)])
-    except SystemExit as e:
-        assert e.code == 0
+    run_cli(["run", "mobilenetv1", "--data", "demo", "--demo-images", "8", "--precisions", "fp32,int8", "--batches",
+             "1,2", "--iters", "2", "--warmup", "1", "-o", str(out)])
     md = (out / "report.md").read_text()
     assert "| Model | Precision | Batch | TOP1 | TOP5 | top-1 agreement vs fp32 |" in md
     rep = json.loads((out / "report.json").read_text())
@@ -141,15 +136,11 @@ def test_real_mobilenetv1_int8_within_budget(mb_onnx, tmp_path):
 def test_run_demo_volo(tmp_path):
     """VOLO through the registry: dynamo export with a dynamic batch, int8 with float MatMul outputs, run report."""
     pytest.importorskip("timm")
-    from deployzoo.cli import main
     from deployzoo.engine import read_manifest
 
     out = tmp_path / "run"
-    try:
-        main(["run", "volo_d2", "--variant", "d1_224", "--data", "demo", "--demo-images", "4", "--precisions",
-              "fp32,int8", "--batches", "2", "--iters", "1", "--warmup", "0", "--no-reference", "-o", str(out)])
-    except SystemExit as e:
-        assert e.code == 0
+    run_cli(["run", "volo_d2", "--variant", "d1_224", "--data", "demo", "--demo-images", "4", "--precisions",
+             "fp32,int8", "--batches", "2", "--iters", "1", "--warmup", "0", "--no-reference", "-o", str(out)])
     rep = json.loads((out / "report.json").read_text())
     m = read_manifest(rep["engines"]["int8"])
     assert m["input"]["interpolation"] == "bicubic" and m["input"]["resize"] == 233 and m["input"]["crop"] == 224

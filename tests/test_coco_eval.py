@@ -9,7 +9,7 @@ import pytest
 from deployzoo.errors import DeployzooError
 from deployzoo.metrics.coco import STAT_NAMES, evaluate, load_annotations
 
-from conftest import FIXTURES, need_fixture
+from conftest import FIXTURES, need_fixture, run_cli
 
 ANN = FIXTURES / "coco128" / "annotations" / "instances_val2017.json"
 
@@ -27,9 +27,7 @@ def _gt_as_results(coco):
 
 
 @need_fixture(ANN)
-def test_ground_truth_as_predictions_scores_one(tmp_path, capsys):
-    from deployzoo.cli import main
-
+def test_ground_truth_as_predictions_scores_one(tmp_path):
     coco = load_annotations(ANN)
     res = tmp_path / "res.json"
     res.write_text(json.dumps(_gt_as_results(coco)))
@@ -38,10 +36,7 @@ def test_ground_truth_as_predictions_scores_one(tmp_path, capsys):
     for t in ("bbox", "segm"):
         assert stats[t]["AP"] == pytest.approx(1.0) and stats[t]["AP50"] == pytest.approx(1.0)
     assert "Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ]" in text
-    try:
-        main(["eval", "coco", "--pred", str(res), "--ann", str(ANN), "--json", str(tmp_path / "o.json")])
-    except SystemExit as e:
-        assert e.code == 0
+    run_cli(["eval", "coco", "--pred", str(res), "--ann", str(ANN), "--json", str(tmp_path / "o.json")])
     assert json.loads((tmp_path / "o.json").read_text())["segm"]["AP"] == pytest.approx(1.0)
     # bbox-only results are scored for bbox only
     boxes = [{k: v for k, v in r.items() if k != "segmentation"} for r in _gt_as_results(coco)]

@@ -6,17 +6,9 @@ import json
 
 import pytest
 
-from deployzoo.cli import main
 from deployzoo.engine import RANDOM_WEIGHTS_WARNING
 
-from conftest import MNET_WEIGHTS, need_fixture
-
-
-def _cli(args):
-    try:
-        main(args)
-    except SystemExit as e:
-        assert e.code == 0
+from conftest import MNET_WEIGHTS, need_fixture, run_cli
 
 
 @pytest.mark.slow
@@ -24,7 +16,7 @@ def test_run_demo_random_weights_and_rerun_reuses_stages(tmp_path):
     out = tmp_path / "run"
     args = ["run", "retinaface", "--data", "demo", "--demo-images", "6", "--precisions", "fp32,int8",
             "--batches", "1,2", "--iters", "2", "--warmup", "1", "--bench-imgsz", "128", "128", "-o", str(out)]
-    _cli(args)
+    run_cli(args)
     md = (out / "report.md").read_text()
     rep = json.loads((out / "report.json").read_text())
     assert RANDOM_WEIGHTS_WARNING in md and rep["warnings"] == [RANDOM_WEIGHTS_WARNING]
@@ -37,7 +29,7 @@ def test_run_demo_random_weights_and_rerun_reuses_stages(tmp_path):
         assert (out / f).stat().st_size > 1000
     assert rep["calibration"]["size"] > 0
     stamps = {p.name: p.stat().st_mtime_ns for p in (out / "stages").iterdir()}
-    _cli(args)  # second run: every stage comes from the cache
+    run_cli(args)  # second run: every stage comes from the cache
     assert {p.name: p.stat().st_mtime_ns for p in (out / "stages").iterdir()} == stamps
 
 
@@ -45,7 +37,7 @@ def test_run_demo_random_weights_and_rerun_reuses_stages(tmp_path):
 @pytest.mark.slow
 def test_run_demo_real_weights_scores_the_faces(tmp_path):
     out = tmp_path / "run"
-    _cli(["run", "retinaface", "--weights", str(MNET_WEIGHTS), "--data", "demo", "--demo-images", "8",
+    run_cli(["run", "retinaface", "--weights", str(MNET_WEIGHTS), "--data", "demo", "--demo-images", "8",
           "--precisions", "fp32", "--batches", "1", "--iters", "2", "--warmup", "1", "--no-reference",
           "--bench-imgsz", "128", "128", "-o", str(out)])
     acc = json.loads((out / "report.json").read_text())["accuracy"]["fp32"]
@@ -57,19 +49,19 @@ def test_run_resumes_an_interrupted_predict_and_replaces_other_engines_predictio
     out = tmp_path / "run"
     args = ["run", "retinaface", "--data", "demo", "--demo-images", "6", "--precisions", "fp32", "--batches", "1",
             "--iters", "1", "--warmup", "0", "--no-reference", "--bench-imgsz", "64", "64", "-o", str(out)]
-    _cli(args)
+    run_cli(args)
     pred = out / "predictions" / "fp32" / "predictions.jsonl"
     lines = pred.read_text().splitlines()
     assert len(lines) == 6
     # interrupted run: the eval stage never finished, half of the predictions are on disk
     (out / "stages" / "eval-fp32.json").unlink()
     pred.write_text("\n".join(lines[:3]) + "\n")
-    _cli(args)
+    run_cli(args)
     assert pred.read_text().splitlines()[:3] == lines[:3] and len(pred.read_text().splitlines()) == 6
     # predictions left by another engine are not mixed in
     (out / "stages" / "eval-fp32.json").unlink()
     (out / "predictions" / "fp32" / "stage.key").write_text("another engine")
     pred.write_text('{"image": "stale.jpg", "boxes": [], "scores": [], "landmarks": []}\n')
-    _cli(args)
+    run_cli(args)
     names = [json.loads(x)["image"] for x in pred.read_text().splitlines()]
     assert "stale.jpg" not in names and len(names) == 6
