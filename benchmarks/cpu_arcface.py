@@ -26,7 +26,7 @@ from deployzoo.predict import predict
 from deployzoo.quant.calib import make_calib_set
 from deployzoo.registry import get_task
 from deployzoo.report import md_table
-from deployzoo.tasks.face_recognition import mean_cosine
+from deployzoo.tasks.face_recognition import row_cosines
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--out", default="docs/benchmarks")
@@ -99,11 +99,9 @@ for variant in variants:
         if label == "ort fp32":
             continue
         for name in ("lfw", "coco"):
-            a, b = feats[("ort fp32", name)], feats[(label, name)]
-            ok = np.isfinite(a).all(1) & np.isfinite(b).all(1)
-            cos = (a[ok] * b[ok]).sum(1) / (np.linalg.norm(a[ok], axis=1) * np.linalg.norm(b[ok], axis=1))
-            agree.append({"variant": variant, "engine": label, "faces": name, "n": int(ok.sum()),
-                          "mean_cosine": mean_cosine(a, b), "min_cosine": float(cos.min())})
+            cos = row_cosines(feats[("ort fp32", name)], feats[(label, name)])
+            agree.append({"variant": variant, "engine": label, "faces": name, "n": int(cos.size),
+                          "mean_cosine": float(cos.mean()), "min_cosine": float(cos.min())})
             print(agree[-1], flush=True)
 
 perf = [[r["case"], f"{r['backend']} {r['precision']}" + (" (eager)" if r["backend"] == "torch" else ""), r["batch"],

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import typer
 
 from deployzoo.errors import DeployzooError
@@ -216,6 +215,8 @@ def eval_verification(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the accuracy here."),
 ) -> None:
     """LFW-style verification accuracy: 10-fold, best threshold per fold (the insightface protocol)."""
+    import numpy as np
+
     from deployzoo.data.verification_bin import load_bin
     from deployzoo.engine import write_json
     from deployzoo.metrics.verification import evaluate

@@ -272,14 +272,17 @@ def read_features(pred_dir: Path) -> np.ndarray:
         raise DeployzooError(f"{path}: not a readable .npy features file ({exc})") from None
 
 
-def mean_cosine(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean cosine similarity of matching rows (rows that are finite in both)."""
+def row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine similarity of matching rows, over the rows that are finite in both (float64)."""
     ok = np.isfinite(a).all(1) & np.isfinite(b).all(1)
-    if not ok.any():
-        return float("nan")
     a, b = np.asarray(a[ok], np.float64), np.asarray(b[ok], np.float64)
-    cos = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
-    return float(cos.mean())
+    return (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
+
+
+def mean_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean cosine similarity of matching rows (rows that are finite in both); NaN when there are none."""
+    cos = row_cosines(a, b)
+    return float(cos.mean()) if cos.size else float("nan")
 
 
 # --------------------------------------------------------------------------------------------- run integration
