@@ -46,3 +46,18 @@ def test_coco_results_map_labels_and_boxes():
     r = coco_results(42, boxes, np.array([0.9]), np.array([11]), rles)[0]
     assert r["category_id"] == 13 and r["bbox"] == [10.0, 20.0, 30.0, 40.0] and r["image_id"] == 42
     assert r["segmentation"]["size"] == [100, 100]
+
+
+def test_mmdet_paste_samples_pixel_centres_inside_the_box():
+    # mmdetection's grid_sample paste: a box on whole pixels 10..38 x 20..48 gets exactly its 28 x 28 pixels
+    out = paste_mask(np.ones((28, 28), np.float32), np.array([10, 20, 38, 48]), (80, 90), mode="mmdet")
+    expect = np.zeros((80, 90), bool)
+    expect[20:48, 10:38] = True
+    assert np.array_equal(out, expect)
+    # left half of the mask -> left half of a 2x box, to the pixel
+    m = np.zeros((28, 28), np.float32)
+    m[:, :14] = 1.0
+    out = paste_mask(m, np.array([0, 0, 56, 56]), (64, 64), mode="mmdet")
+    assert out[:56, :28].all() and not out[:, 28:].any() and not out[56:].any()
+    # a box entirely outside the image pastes nothing
+    assert not paste_mask(np.ones((28, 28), np.float32), np.array([70, 70, 90, 90]), (64, 64), mode="mmdet").any()

@@ -320,19 +320,23 @@ def run(
     batches: Optional[str] = typer.Option(None, help="Batch sizes to benchmark (default: the seed's, e.g. 1,4,8)."),
     predict_batch: Optional[int] = typer.Option(None, help="Batch of the accuracy pass (default: the seed's)."),
     data: str = typer.Option("demo", help="Dataset root (WIDER FACE: WIDER_val/images + ground_truth; IJB-C: "
-                             "loose_crop + meta) or 'demo' (generated)."),
-    gt: Optional[Path] = typer.Option(None, help="Ground-truth dir when it is not DATA/ground_truth."),
+                             "loose_crop + meta; ImageNet val; COCO: images/ or val2017/ + annotations/) or 'demo' "
+                             "(generated)."),
+    gt: Optional[Path] = typer.Option(None, help="Ground truth when it is not in DATA (WIDER ground_truth dir, "
+                                      "ImageNet labels, COCO instances json)."),
     calib: Optional[Path] = typer.Option(None, help="int8 calibration images (default: demo's calib split)."),
     calib_size: int = typer.Option(64),
     calib_method: str = typer.Option("minmax"),
     backend: str = typer.Option("ort", help="Backend of the built engines."),
     reference: bool = typer.Option(True, help="Also benchmark eager PyTorch (backend torch, fp32) as the peer."),
     imgsz: Optional[str] = typer.Option(None, help="'origin' (official WIDER protocol) or 'H W'."),
-    bench_imgsz: Optional[str] = typer.Option(None, help="Benchmark input H W for origin-size engines (640 640)."),
+    bench_imgsz: Optional[str] = typer.Option(None, help="Benchmark input H W for origin-size engines (default: "
+                                              "the model's, 640 640; Mask R-CNN 800 1344)."),
     iters: int = typer.Option(20, help="Benchmark iterations per batch size."),
     warmup: int = typer.Option(3),
     threads: Optional[int] = typer.Option(None),
-    demo_images: int = typer.Option(24, help="Images in the generated demo dataset."),
+    demo_images: Optional[int] = typer.Option(None, help="Images in the generated demo dataset (default: the "
+                                              "task's, 24; Mask R-CNN 8)."),
 ) -> None:
     """Export, build per precision, predict + eval, bench per batch; write RUN_DIR/report.md + report.json."""
     from deployzoo.registry import canonical_precision

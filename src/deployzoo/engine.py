@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
+
 from deployzoo.errors import DeployzooError
 
 MANIFEST = "manifest.json"
@@ -120,6 +122,21 @@ def read_manifest(engine_dir: str | Path) -> dict[str, Any]:
         if key not in data:
             raise DeployzooError(f"{m}: manifest misses key {key!r}")
     return data
+
+
+def engine_feeds(manifest: dict[str, Any], x: Any) -> dict[str, Any]:
+    """Graph inputs by name for a batch: `x` is the image array, or a dict of every input (as a task's collate
+    gives it). Extra inputs an image array does not carry get their defaults: `image_sizes` (each image's valid
+    h, w inside the padded batch) = the whole padded size."""
+    if isinstance(x, dict):
+        return x
+    spec = manifest["input"]
+    feeds = {spec.get("name", "images"): x}
+    for name in spec.get("extra_inputs", ()):
+        if name != "image_sizes":
+            raise DeployzooError(f"engine input {name!r} needs a value (no default for it)")
+        feeds[name] = np.tile(np.array([x.shape[2:]], dtype=np.int64), (x.shape[0], 1))
+    return feeds
 
 
 def batch_allows(manifest: dict[str, Any], n: int) -> bool:

@@ -111,25 +111,31 @@ def export_onnx(
         raise DeployzooError(f"{spec.name}: the network takes {want} inputs only (--imgsz {want})")
     module = build_deploy_module(spec, variant, weights, seed)
     # dynamo specialises a dynamic batch axis traced at size 1 (timm's VOLO slices hit it): trace at 2
-    x = probe_input(imgsz, batch or (2 if exporter == "dynamo" else 1), seed, spec.input)
+    spec_in = spec.input_for(variant)
+    x = probe_input(imgsz, batch or (2 if exporter == "dynamo" else 1), seed, spec_in)
+    inputs = graph_inputs(module, x)
     out = Path(out)
-    in_name = "images"
-    dyn_axes: dict[str, dict[int, str]] = {in_name: {}}
-    if batch is None:
-        dyn_axes[in_name][0] = "batch"
+    in_names = list(getattr(module, "input_names", ("images",)))
+    in_name = in_names[0]
+    dyn_axes: dict[str, dict[int, str]] = {n: ({0: "batch"} if batch is None else {}) for n in in_names}
     if imgsz == "origin":
         dyn_axes[in_name].update({2: "height", 3: "width"})
+    out_axes = getattr(module, "output_axes", None)  # graphs whose outputs are not per-image (flat detections)
     for name in spec.output_names:
-        dyn_axes[name] = ({0: "batch"} if batch is None else {}) | ({1: "anchors"} if imgsz == "origin" else {})
+        if out_axes is not None:
+            dyn_axes[name] = dict(out_axes.get(name, {}))
+        else:
+            dyn_axes[name] = ({0: "batch"} if batch is None else {}) | ({1: "anchors"} if imgsz == "origin" else {})
     meta = {
         "model": spec.name,
         "variant": variant,
         "task": spec.task,
-        "input": dict(spec.input, name=in_name, imgsz=imgsz, dtype="float32"),
+        "input": dict(spec_in, name=in_name, imgsz=imgsz, dtype="float32", extra_inputs=in_names[1:]),
         "batch": {"dynamic": True, "min": 1, "max": spec.max_batch} if batch is None else {"dynamic": False, "size": batch},
         "outputs": list(spec.output_names),
-        "postprocess": dict(spec.post),
+        "postprocess": spec.post_for(variant),
         "fp16_keep_ops": list(spec.fp16_keep_ops),
+        "fp16_scope": list(spec.fp16_scope),
         "weights": weights_info(weights, seed),
         "export": {"opset": opset, "exporter": exporter, "created": now_iso(), "versions": versions()},
     }
@@ -139,7 +145,7 @@ def export_onnx(
             warnings.simplefilter("ignore")
             if exporter == "torchscript":
                 torch.onnx.export(
-                    module, (x,), str(tmp), input_names=[in_name], output_names=list(spec.output_names),
+                    module, inputs, str(tmp), input_names=in_names, output_names=list(spec.output_names),
                     opset_version=opset, dynamic_axes={k: v for k, v in dyn_axes.items() if v}, dynamo=False,
                 )
             elif exporter == "dynamo":
@@ -148,8 +154,10 @@ def export_onnx(
                     shapes[0] = torch.export.Dim("batch", min=1, max=spec.max_batch)
                 if imgsz == "origin":
                     shapes.update({2: torch.export.Dim.DYNAMIC, 3: torch.export.Dim.DYNAMIC})
+                if len(in_names) > 1:
+                    raise DeployzooError(f"{spec.name}: the dynamo exporter is not supported for this model")
                 prog = torch.onnx.export(
-                    module, (x,), input_names=[in_name], output_names=list(spec.output_names),
+                    module, inputs, input_names=in_names, output_names=list(spec.output_names),
                     opset_version=max(opset, 18), dynamic_shapes=({"x": shapes} if shapes else None), dynamo=True,
                 )
                 prog.save(str(tmp))
@@ -167,7 +175,7 @@ def export_onnx(
     atomic_write_file(out, _write)
     diffs: dict[str, float] = {}
     if check_parity:
-        diffs = ort_vs_torch(out, module, imgsz, batch, spec.input)
+        diffs = ort_vs_torch(out, module, imgsz, batch, spec_in)
     meta["export"]["ort_vs_torch_max_abs_diff"] = diffs
     return ExportResult(out, meta, diffs)
 
@@ -186,10 +194,17 @@ def simplify_activations(model: onnx.ModelProto) -> dict[str, int]:
     return {"leakyrelu0_to_relu": n}
 
 
+def graph_inputs(module: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Every graph input for an image batch `x`: the module's `example_inputs` hook (e.g. per-image sizes inside
+    the padding) or `x` alone."""
+    return tuple(module.example_inputs(x)) if hasattr(module, "example_inputs") else (x,)
+
+
 def ort_vs_torch(onnx_path: str | Path, module: torch.nn.Module, imgsz: Any, batch: int | None,
                  norm: dict[str, Any] | None = None) -> dict[str, float]:
     """Max abs difference per output, ONNX Runtime (CPU) vs eager PyTorch, on random inputs (two sizes when
-    the input size is dynamic, two batch sizes when the batch is)."""
+    the input size is dynamic, two batch sizes when the batch is). A module with a `parity(got, ref)` hook
+    (outputs whose length depends on the data, e.g. detections) measures its own differences."""
     import onnxruntime as ort
 
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
@@ -199,19 +214,29 @@ def ort_vs_torch(onnx_path: str | Path, module: torch.nn.Module, imgsz: Any, bat
     elif batch is None:
         probes.append(probe_input(imgsz, 2, 2, norm))
     names = [o.name for o in sess.get_outputs()]
-    diffs: dict[str, float] = {n: 0.0 for n in names}
+    diffs: dict[str, float] = {}
     for x in probes:
-        got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
+        inputs = graph_inputs(module, x)
+        got = sess.run(None, {i.name: t.numpy() for i, t in zip(sess.get_inputs(), inputs)})
         with torch.no_grad():
-            ref = module(x)
-        for n, a, b in zip(names, got, ref):
-            b = b.numpy()
-            fa, fb = np.isfinite(a), np.isfinite(b)
-            if not np.array_equal(fa, fb):
-                diffs[n] = float("inf")  # one side overflowed where the other did not
-            elif fa.any():
-                diffs[n] = max(diffs[n], float(np.abs(a[fa] - b[fa]).max()))
+            ref = [t.numpy() for t in module(*inputs)]
+        if hasattr(module, "parity"):
+            d = module.parity(dict(zip(names, got)), dict(zip(names, ref)))
+        else:
+            d = {n: max_abs_diff(a, b) for n, a, b in zip(names, got, ref)}
+        for k, v in d.items():
+            diffs[k] = max(diffs.get(k, v), v) if not k.startswith("min_") else min(diffs.get(k, v), v)
     return diffs
+
+
+def max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
+    """Largest |a - b| over the finite entries; inf where only one side overflowed or the shapes differ."""
+    if a.shape != b.shape:
+        return float("inf")
+    fa, fb = np.isfinite(a), np.isfinite(b)
+    if not np.array_equal(fa, fb):
+        return float("inf")
+    return float(np.abs(a[fa].astype(np.float64) - b[fb]).max()) if fa.any() else 0.0
 
 
 def read_onnx_meta(path: str | Path) -> dict[str, Any]:

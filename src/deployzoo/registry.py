@@ -57,6 +57,17 @@ class ModelSpec:
     opset: int = 17
     max_batch: int = 64  # upper end of a dynamic batch axis
     fp16_keep_ops: tuple[str, ...] = ()  # ONNX op types an fp16 build keeps fp32 (e.g. LayerNorm, Softmax)
+    bench_imgsz: list[int] | None = None  # `run`'s benchmark H, W for origin-size engines (None: bench's 640 x 640)
+    fp16_scope: tuple[str, ...] = ()  # if set, only nodes under these module paths run fp16 (the rest fp32)
+    # variant -> entries merged over `input` / `post` (e.g. a weights convention's resize or class map)
+    variant_input: dict[str, dict[str, Any]] = field(default_factory=dict)
+    variant_post: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def input_for(self, variant: str) -> dict[str, Any]:
+        return {**self.input, **self.variant_input.get(variant, {})}
+
+    def post_for(self, variant: str) -> dict[str, Any]:
+        return {**self.post, **self.variant_post.get(variant, {})}
 
     def check_variant(self, variant: str | None) -> str:
         v = variant or self.default_variant
@@ -169,14 +180,44 @@ def _volo() -> ModelSpec:
     )
 
 
+def _maskrcnn() -> ModelSpec:
+    from deployzoo.models import maskrcnn as mr
+
+    return ModelSpec(
+        name="maskrcnn",
+        task="instance_segmentation",
+        variants=mr.VARIANTS,
+        default_variant="mmdet_1x",  # the seed's model
+        default_imgsz={v: "origin" for v in mr.VARIANTS},  # keep-ratio resize to 800 x 1333 in pre-processing
+        seed_imgsz={v: [800, 1344] for v in mr.VARIANTS},
+        input=dict(mr.INPUT),
+        variant_input={v: {"resize_impl": c["resize_impl"]} for v, c in mr.CONFIGS.items()},
+        post=dict(mr.TEST_CFG),
+        variant_post={v: {"paste": c["paste"], "category_ids": mr.category_ids(v)} for v, c in mr.CONFIGS.items()},
+        weights=dict(mr.OFFICIAL_WEIGHTS),
+        build=mr.build_model,
+        deploy=mr.MaskRCNNDeploy,
+        output_names=mr.MaskRCNNDeploy.output_names,
+        # backbone + FPN in int8, RPN / box / mask heads float (the issue's recipe: heads carry the geometry)
+        int8_recipe={v: {"float_groups": ("outside:/backbone/",), "op_types": ("Conv",)} for v in mr.VARIANTS},
+        bench_batches=(1, 4),
+        bench_imgsz=[800, 1344],  # an 800 x 1333 image padded to 32, the seed's benchmark size
+        max_batch=8,
+        fp16_scope=mr.NETWORK_SCOPES,
+    )
+
+
 _MODEL_FACTORIES: dict[str, Callable[[], ModelSpec]] = {
     "retinaface": _retinaface, "arcface": _arcface, "mobilenetv1": _mobilenetv1, "volo_d2": _volo,
+    "maskrcnn": _maskrcnn,
 }
-_MODEL_ALIASES = {"iresnet": "arcface", "volo": "volo_d2", "volo-d2": "volo_d2"}
+_MODEL_ALIASES = {"iresnet": "arcface", "volo": "volo_d2", "volo-d2": "volo_d2", "mask_rcnn": "maskrcnn",
+                  "mask-rcnn": "maskrcnn"}
 _TASKS = {
     "face_detection": ("deployzoo.tasks.face_detection", "FaceDetectionTask"),
     "face_recognition": ("deployzoo.tasks.face_recognition", "FaceRecognitionTask"),
     "classification": ("deployzoo.tasks.classification", "ClassificationTask"),
+    "instance_segmentation": ("deployzoo.tasks.instance_segmentation", "InstanceSegmentationTask"),
 }
 _BACKENDS = {"ort": ("deployzoo.backends.ort", "OrtBackend"), "torch": ("deployzoo.backends.torch_eager", "TorchBackend")}
 

@@ -16,7 +16,8 @@ from deployzoo.cache import ensure_engine
 from deployzoo.engine import RANDOM_WEIGHTS_WARNING, atomic_write_text, machine, now_iso, read_manifest, versions, write_json
 from deployzoo.errors import DeployzooError
 from deployzoo.export import parse_imgsz
-from deployzoo.predict import predict
+from deployzoo.pipeline import STAGES
+from deployzoo.predict import SUMMARY_FILE, predict
 from deployzoo.quant.calib import make_calib_set
 from deployzoo.registry import get_model, get_task
 from deployzoo.report import md_table, plot_throughput
@@ -45,7 +46,7 @@ class RunConfig:
     iters: int = 20
     warmup: int = 3
     threads: int | None = None
-    demo_images: int = 24
+    demo_images: int | None = None  # None: the task's default
     predict_batch: int | None = None  # None: the model's default
 
 
@@ -75,6 +76,19 @@ def _store(path: Path, key: str, value: Any) -> None:
     write_json(path, {"key": key, "value": value})
 
 
+def _stage_split(pred_dir: Path) -> dict[str, Any] | None:
+    """Throughput and per-image stage times of the predict pass that produced `pred_dir` (its summary.json)."""
+    try:
+        summ = json.loads((pred_dir / SUMMARY_FILE).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    n = summ.get("written") or 0
+    if not n or not summ.get("images_per_second"):
+        return None
+    return {"images": n, "images_per_second": summ["images_per_second"],
+            "ms_per_image": {s: 1000.0 * summ["stage_seconds"].get(s, 0.0) / n for s in STAGES}}
+
+
 def run_pipeline(cfg: RunConfig) -> RunReport:
     spec = get_model(cfg.model)
     variant = spec.check_variant(cfg.variant)
@@ -84,9 +98,10 @@ def run_pipeline(cfg: RunConfig) -> RunReport:
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cache = out / "cache"
-    data = task.run_data(cfg.data, out / "data", cfg.gt, cfg.demo_images)
+    demo = {"demo_images": cfg.demo_images} if cfg.demo_images else {}
+    data = task.run_data(cfg.data, out / "data", cfg.gt, **demo)
     imgsz = parse_imgsz(cfg.imgsz if cfg.imgsz is not None else spec.default_imgsz[variant])
-    bench_hw = parse_imgsz(cfg.bench_imgsz) if cfg.bench_imgsz else None
+    bench_hw = parse_imgsz(cfg.bench_imgsz) if cfg.bench_imgsz else spec.bench_imgsz
     calib_set = None
     if "int8" in cfg.precisions:
         calib_dir = cfg.calib or data.calib_default
@@ -97,7 +112,7 @@ def run_pipeline(cfg: RunConfig) -> RunReport:
         calib_set = make_calib_set(calib_dir, cfg.calib_size, cfg.calib_method,
                                    exclude={str(i.path.resolve()) for i in eval_items}, task=task)
     warnings = [RANDOM_WEIGHTS_WARNING] if cfg.weights is None else []
-    acc_rows, accuracy, engines = [], {}, {}
+    acc_rows, stage_rows, accuracy, engines = [], [], {}, {}
     ref_dir: Path | None = None
     for prec in cfg.precisions:
         eng = ensure_engine(spec.name, variant=variant, weights=cfg.weights, backend=cfg.backend, precision=prec,
@@ -120,6 +135,11 @@ def run_pipeline(cfg: RunConfig) -> RunReport:
             res = data.evaluate(pred_dir, plot, title=f"{spec.name} {variant} {prec}")
             _store(out / "stages" / f"eval-{prec}.json", key, res)
         accuracy[prec] = res
+        stage = _stage_split(pred_dir)
+        if stage:
+            accuracy[prec]["end_to_end"] = stage
+            stage_rows.append([f"{spec.name}-{variant}", prec, predict_batch, f"{stage['images_per_second']:.2f}",
+                               *(f"{stage['ms_per_image'][s]:.1f}" for s in STAGES)])
         agree = None
         if prec == "fp32":
             ref_dir = pred_dir
@@ -169,6 +189,11 @@ def run_pipeline(cfg: RunConfig) -> RunReport:
         d = calib_set.describe()
         md += [f"int8 calibration: {d['size']} images from {d['dir']} ({d['method']}), file-list sha256 "
                f"{d['file_list_sha256'][:16]}, disjoint from the evaluation images.", ""]
+    if stage_rows:
+        md += ["## End-to-end on the accuracy pass",
+               "Files on disk to predictions on disk (`predict`), per image: read + pre-process run in a thread pool "
+               "beside inference, so stage times can sum to more than the wall time per image.", "",
+               md_table(["Model", "Precision", "Batch", "img/s", *(f"{s} ms/img" for s in STAGES)], stage_rows), ""]
     md += [
         "## Throughput", f"Engine-only, input {hw[0]}x{hw[1]}, {cfg.warmup} warm-up + {cfg.iters} timed iterations per batch; "
         f"threads: {cfg.threads or 'runtime default'}. `torch fp32` is eager PyTorch, the reference peer." if hw else "",

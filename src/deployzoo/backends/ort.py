@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from deployzoo.engine import engine_feeds
 from deployzoo.errors import DeployzooError
 from deployzoo.quant import recipes
 
@@ -52,8 +53,10 @@ class OrtRunner:
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [o.name for o in self.session.get_outputs()]
 
-    def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        outs = self.session.run(None, {self.input_name: np.ascontiguousarray(x, dtype=np.float32)})
+    def run(self, x: np.ndarray | dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        feeds = engine_feeds(self.manifest, x)
+        feeds[self.input_name] = np.ascontiguousarray(feeds[self.input_name], dtype=np.float32)
+        outs = self.session.run(None, feeds)
         return dict(zip(self.output_names, outs))
 
     def peak_memory_bytes(self) -> int | None:
@@ -105,6 +108,12 @@ class OrtBackend:
             info["keep_ops"] = keep_ops
             info["keep_ops_nodes"] = len(kept)
             info["rule"] += f"; {', '.join(keep_ops)} (and the attention MatMuls around Softmax) kept fp32"
+        scope = list((meta or {}).get("fp16_scope") or ())
+        if scope:  # only these modules run fp16: box decode, NMS and RoI geometry between them stay fp32
+            kept = [n for n in recipes.outside_scope(model, scope) if n not in set(keep)]
+            keep += kept
+            info["fp16_scope"] = scope
+            info["rule"] += f"; only nodes under {', '.join(scope)} in fp16"
         m16 = convert_float_to_float16(model, keep_io_types=True, node_block_list=keep, disable_shape_infer=False)
         onnx.save(m16, str(dst))
         return {"fp32_nodes": len(keep), **info}

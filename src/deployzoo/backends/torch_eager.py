@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from deployzoo.checkpoint import apply_state_dict, load_state_dict
+from deployzoo.engine import engine_feeds
 from deployzoo.errors import DeployzooError
 
 WEIGHTS_FILE = "weights.pt"
@@ -41,15 +42,19 @@ class TorchRunner:
         self.names = list(manifest["outputs"])
 
     @torch.inference_mode()
-    def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
+    def run(self, x: np.ndarray | dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        feeds = engine_feeds(self.manifest, x)
+        name = self.manifest["input"].get("name", "images")
+        feeds[name] = np.ascontiguousarray(feeds[name], dtype=np.float32)
+        order = [name, *self.manifest["input"].get("extra_inputs", ())]
+        ts = [torch.from_numpy(np.ascontiguousarray(feeds[k])).to(self.device) for k in order]
         if self.precision in ("fp16", "bf16"):
             dtype = torch.float16 if self.precision == "fp16" else torch.bfloat16
             with torch.autocast("cuda", dtype=dtype):
-                outs = self.module(t)
+                outs = self.module(*ts)
         else:
-            outs = self.module(t)
-        return {n: o.float().cpu().numpy() for n, o in zip(self.names, outs)}
+            outs = self.module(*ts)
+        return {n: (o.float() if o.is_floating_point() else o).cpu().numpy() for n, o in zip(self.names, outs)}
 
     def peak_memory_bytes(self) -> int | None:
         return torch.cuda.max_memory_allocated() if self.device.startswith("cuda") else None

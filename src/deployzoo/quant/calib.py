@@ -83,7 +83,8 @@ class CalibReader:
                     continue
                 if len(pending) == self.batch:
                     self.used += len(pending)
-                    yield {self.input_name: self.task.collate(pending, self.spec)}
+                    x = self.task.collate(pending, self.spec)
+                    yield x if isinstance(x, dict) else {self.input_name: x}
                     pending = []
 
     def get_next(self) -> dict[str, np.ndarray] | None:

@@ -6,6 +6,8 @@ Groups, chosen per model by measurement (see docs/benchmarks/cpu.md):
 - `heads`: the last convolutions, whose outputs feed no other convolution (box / landmark regressions).
 - `early:N`: the first N convolutions in graph order (high-resolution, memory-bound layers where int8 adds
   quantize / layout-conversion passes without saving compute).
+- `outside:PREFIX`: convolutions whose node name (the exporter's module path) does not start with PREFIX, e.g.
+  `outside:/backbone/` keeps a detector's heads float and quantizes backbone + FPN only.
 - `tail`: every non-convolution node downstream of the heads (reshape, softmax, prior decode): kept fp32 in fp16
   builds so that pixel coordinates are not rounded to fp16.
 """
@@ -50,7 +52,7 @@ def name_nodes(model: onnx.ModelProto) -> None:
 
 def float_nodes(model: onnx.ModelProto, groups: tuple[str, ...]) -> dict[str, list[str]]:
     """Names of the Conv nodes of each requested group."""
-    unknown = {g for g in groups if g not in FLOAT_GROUPS and not g.startswith("early:")}
+    unknown = {g for g in groups if g not in FLOAT_GROUPS and not g.startswith(("early:", "outside:"))}
     if unknown:
         raise ValueError(f"unknown float groups {sorted(unknown)}")
     inputs = {i.name for i in model.graph.input}
@@ -58,10 +60,14 @@ def float_nodes(model: onnx.ModelProto, groups: tuple[str, ...]) -> dict[str, li
     init = {t.name: t for t in model.graph.initializer}
     out: dict[str, list[str]] = {g: [] for g in groups}
     early = max((int(g.split(":", 1)[1]) for g in groups if g.startswith("early:")), default=0)
+    outside = [g for g in groups if g.startswith("outside:")]
     n_conv = 0
     for node in model.graph.node:
         if node.op_type != "Conv":
             continue
+        for g in outside:
+            if not node.name.startswith(g.split(":", 1)[1]):
+                out[g].append(node.name)
         n_conv += 1
         if n_conv <= early:
             out[f"early:{early}"].append(node.name)
@@ -135,6 +141,13 @@ def _attention_matmuls(softmax: onnx.NodeProto, consts: set[str], producers: dic
                     nxt += list(c.output)
         frontier, hops = nxt, hops + 1
     return out
+
+
+def outside_scope(model: onnx.ModelProto, scope: tuple[str, ...] | list[str]) -> list[str]:
+    """Names of the nodes outside every prefix of `scope` (node names are the exporter's module paths); empty
+    `scope` -> none. An fp16 build keeps these fp32: e.g. a detector's box geometry between its networks."""
+    scope = tuple(scope or ())
+    return [n.name for n in model.graph.node if scope and not n.name.startswith(scope)]
 
 
 def fp16_keep_nodes(model: onnx.ModelProto, keep_ops: tuple[str, ...] | list[str]) -> list[str]:
