@@ -25,6 +25,19 @@ def need_fixture(path: Path):
     return pytest.mark.skipif(not path.exists(), reason=f"needs {path} (../shared/fixtures is absent in a fresh clone)")
 
 
+def gt_as_results(coco) -> list[dict]:
+    """Non-crowd ground truth of a pycocotools COCO object as COCO results (score 1, RLE masks)."""
+    out = []
+    for a in coco.dataset["annotations"]:
+        if a["iscrowd"]:
+            continue
+        rle = coco.annToRLE(a)
+        rle = {"size": rle["size"], "counts": rle["counts"].decode() if isinstance(rle["counts"], bytes) else rle["counts"]}
+        out.append({"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0,
+                    "segmentation": rle})
+    return out
+
+
 def astronaut_bgr() -> np.ndarray:
     from skimage.data import astronaut
 

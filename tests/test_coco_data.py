@@ -17,8 +17,7 @@ from deployzoo.data.images import SourceItem, load_item
 from deployzoo.errors import DeployzooError
 from deployzoo.metrics.coco import evaluate
 
-from conftest import FIXTURES, need_fixture
-from test_coco_eval import _gt_as_results
+from conftest import FIXTURES, gt_as_results, need_fixture
 
 COCO128 = FIXTURES / "coco128"
 ANN = COCO128 / "annotations" / "instances_val2017.json"
@@ -101,7 +100,7 @@ def test_demo_json_is_coco(demo):
 
 def test_demo_ground_truth_scores_one(demo):
     s = find_set(demo)
-    stats, _ = evaluate(_gt_as_results(s.coco), s.coco)
+    stats, _ = evaluate(gt_as_results(s.coco), s.coco)
     for t in ("bbox", "segm"):
         assert stats[t]["AP"] == pytest.approx(1.0) and stats[t]["AR100"] == pytest.approx(1.0)
 
@@ -185,7 +184,7 @@ def test_missing_images_warn_or_fail(demo, tmp_path, caplog):
     assert [it.meta["image_id"] for it in s.items] == [1, 3, 4, 6, 7, 8]
     # the skipped images leave the annotations too, so evaluation does not count their objects as misses
     assert s.coco.getImgIds() == [1, 3, 4, 6, 7, 8] and not s.coco.getAnnIds(imgIds=[2, 5])
-    assert evaluate(_gt_as_results(s.coco), s.coco)[0]["segm"]["AP"] == pytest.approx(1.0)
+    assert evaluate(gt_as_results(s.coco), s.coco)[0]["segm"]["AP"] == pytest.approx(1.0)
     for p in (root / "images").iterdir():
         p.unlink()
     with pytest.raises(DeployzooError, match=r"instances_demo\.json: none of its 8 images is in .*images "
@@ -200,7 +199,7 @@ def test_bad_image_entries(demo, tmp_path):
               r"images\[0\] lacks file_name, width$"),
              (lambda d: d["images"][1].update(width="413"),
               r"images\[1\] \(000000000002\.jpg\) has width '413', expected a positive integer"),
-             (lambda d: d["images"][2].pop("id"), r"an image, annotation or category lacks 'id'"),
+             (lambda d: d["images"][2].pop("id"), r"images\[2\] lacks id"),
              (lambda d: d["images"][2].update(id=1), r"1 duplicate image id\(s\)"),
              (lambda d: d.update(images=[]), r"instances_demo\.json: lists no images")]
     original = (root / "annotations" / "instances_demo.json").read_text()

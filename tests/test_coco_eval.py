@@ -9,28 +9,16 @@ import pytest
 from deployzoo.errors import DeployzooError
 from deployzoo.metrics.coco import STAT_NAMES, evaluate, load_annotations
 
-from conftest import FIXTURES, need_fixture, run_cli
+from conftest import FIXTURES, gt_as_results, need_fixture, run_cli
 
 ANN = FIXTURES / "coco128" / "annotations" / "instances_val2017.json"
-
-
-def _gt_as_results(coco):
-    out = []
-    for a in coco.dataset["annotations"]:
-        if a["iscrowd"]:
-            continue
-        rle = coco.annToRLE(a)
-        rle = {"size": rle["size"], "counts": rle["counts"].decode() if isinstance(rle["counts"], bytes) else rle["counts"]}
-        out.append({"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0,
-                    "segmentation": rle})
-    return out
 
 
 @need_fixture(ANN)
 def test_ground_truth_as_predictions_scores_one(tmp_path):
     coco = load_annotations(ANN)
     res = tmp_path / "res.json"
-    res.write_text(json.dumps(_gt_as_results(coco)))
+    res.write_text(json.dumps(gt_as_results(coco)))
     stats, text = evaluate(res, coco)
     assert set(stats) == {"bbox", "segm"} and list(stats["bbox"]) == list(STAT_NAMES)
     for t in ("bbox", "segm"):
@@ -39,7 +27,7 @@ def test_ground_truth_as_predictions_scores_one(tmp_path):
     run_cli(["eval", "coco", "--pred", str(res), "--ann", str(ANN), "--json", str(tmp_path / "o.json")])
     assert json.loads((tmp_path / "o.json").read_text())["segm"]["AP"] == pytest.approx(1.0)
     # bbox-only results are scored for bbox only
-    boxes = [{k: v for k, v in r.items() if k != "segmentation"} for r in _gt_as_results(coco)]
+    boxes = [{k: v for k, v in r.items() if k != "segmentation"} for r in gt_as_results(coco)]
     assert set(evaluate(boxes, coco)[0]) == {"bbox"}
 
 
@@ -62,7 +50,13 @@ def test_bad_annotation_files(tmp_path):
     with pytest.raises(DeployzooError, match=r"inst\.json: not a COCO instances file, missing key\(s\) categories"):
         load_annotations(p)
     p.write_text(json.dumps({"images": [], "categories": [], "annotations": [{"image_id": 1}]}))
-    with pytest.raises(DeployzooError, match=r"annotations\[0\] lacks category_id, bbox, iscrowd, area"):
+    with pytest.raises(DeployzooError, match=r"annotations\[0\] lacks id, category_id, bbox, iscrowd, area"):
+        load_annotations(p)
+    p.write_text(json.dumps({"images": [{"file_name": "a.jpg"}], "categories": [], "annotations": []}))
+    with pytest.raises(DeployzooError, match=r"images\[0\] lacks id"):
+        load_annotations(p)
+    p.write_text(json.dumps({"images": [], "categories": [{"name": "x"}], "annotations": []}))
+    with pytest.raises(DeployzooError, match=r"categories\[0\] lacks id"):
         load_annotations(p)
     p.write_text("{not json")
     with pytest.raises(DeployzooError, match="not valid JSON"):

@@ -4,6 +4,7 @@ pre-processing against torchvision's transform, ONNX export parity with dynamic 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -101,12 +102,97 @@ def test_preprocessing_matches_torchvision_transform():
         assert min(p.tensor.shape[1:]) >= 1 and max(p.tensor.shape[1:]) <= 1333
 
 
-def test_export_onnx_dynamic_batch_and_size_matches_eager(tmp_path):
-    """The issue's tolerance: same detection count, boxes within 1 px, mask IoU > 0.99, at two batch sizes and
-    two image sizes from one graph."""
+@pytest.fixture(scope="module")
+def mmdet_export(tmp_path_factory):
     from deployzoo.export import export_onnx
 
-    res = export_onnx("maskrcnn", tmp_path / "m.onnx", variant="tv_v1", batch=None)
+    return export_onnx("maskrcnn", tmp_path_factory.mktemp("mr") / "m.onnx", variant="mmdet_1x", batch=None)
+
+
+def _assert_parity(res):
     d = res.max_abs_diff
     assert d["count_diff"] == 0 and d["box_px"] < 1.0 and d["min_mask_iou"] > 0.99 and d["label_mismatch"] == 0
     assert res.meta["input"]["extra_inputs"] == ["image_sizes"] and res.meta["batch"]["dynamic"]
+
+
+def test_export_onnx_dynamic_batch_and_size_matches_eager(mmdet_export, tmp_path):
+    """The issue's tolerance: same detection count, boxes within 1 px, mask IoU > 0.99, at two batch sizes and
+    two image sizes from one graph (mmdetection's aligned RoIAlign and torchvision's unaligned one)."""
+    from deployzoo.export import export_onnx
+
+    _assert_parity(mmdet_export)
+    _assert_parity(export_onnx("maskrcnn", tmp_path / "tv.onnx", variant="tv_v1", batch=None))
+
+
+@pytest.fixture(scope="module")
+def mmdet_fp32(mmdet_export, tmp_path_factory):
+    from deployzoo.build import build_engine
+
+    return build_engine(mmdet_export.path, tmp_path_factory.mktemp("eng") / "fp32", precision="fp32")
+
+
+def _write(path, img):
+    import cv2
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), img)
+
+
+def test_predict_writes_coco_results_for_unusual_images(mmdet_fp32, tmp_path):
+    """Tiny, very wide and grayscale files in one batch: every image gets its detections in its own frame, the
+    COCO results json lists them under the file's numeric id, masks are full-size RLEs."""
+    import json
+
+    import pycocotools.mask as mask_util
+
+    from deployzoo.predict import predict
+
+    rng = np.random.default_rng(0)
+    src = tmp_path / "imgs"
+    _write(src / "000000000007.jpg", rng.integers(0, 255, (3, 4, 3), dtype=np.uint8))  # tiny
+    _write(src / "000000000008.jpg", rng.integers(0, 255, (24, 1500, 3), dtype=np.uint8))  # very wide
+    _write(src / "000000000009.jpg", rng.integers(0, 255, (120, 90), dtype=np.uint8))  # grayscale file
+    out = tmp_path / "pred"
+    s = predict(mmdet_fp32, src, out, batch=3, show_progress=False)
+    assert s.written == 3 and s.skipped == 0
+    sizes = {7: (3, 4), 8: (24, 1500), 9: (120, 90)}
+    res = json.loads((out / "coco_results.json").read_text())
+    assert {r["image_id"] for r in res} == set(sizes)
+    for r in res:
+        h, w = sizes[r["image_id"]]
+        x, y, bw, bh = r["bbox"]
+        assert r["segmentation"]["size"] == [h, w] and 0 <= x and x + bw <= w + 0.01 and y + bh <= h + 0.01
+        assert mask_util.decode({**r["segmentation"], "counts": r["segmentation"]["counts"].encode()}).shape == (h, w)
+        assert r["category_id"] in mr.category_ids("mmdet_1x")[1:]
+    lines = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert sum(len(rec["detections"]) for rec in lines) == len(res)
+
+
+def test_run_demo_reports_both_precisions_with_backbone_only_int8(tmp_path):
+    """`deployzoo run maskrcnn --data demo`: the seed's accuracy table per precision, the end-to-end stage split,
+    the throughput table; int8 quantizes backbone + FPN convolutions only (heads float)."""
+    import json
+
+    from conftest import run_cli
+
+    out = tmp_path / "run"
+    run_cli(["run", "maskrcnn", "-o", str(out), "--precisions", "fp32,int8", "--batches", "1", "--iters", "1",
+             "--warmup", "1", "--demo-images", "2", "--calib-size", "1", "--no-reference", "--bench-imgsz", "320",
+             "320"])
+    md = (out / "report.md").read_text()
+    assert "| Model | Precision | Batch | bbox mAP@[.5:.95] | bbox mAP@.5 | segm mAP@[.5:.95] |" in md
+    assert "| maskrcnn-mmdet_1x | int8 | 1 |" in md and "## End-to-end on the accuracy pass" in md
+    rep = json.loads((out / "report.json").read_text())
+    assert set(rep["accuracy"]["fp32"]) >= {"bbox", "segm", "end_to_end"}
+    assert rep["accuracy"]["fp32"]["bbox"]["AP"] >= 0.0 and rep["bench"][0]["input_hw"] == [320, 320]
+    q = json.loads((Path(rep["engines"]["int8"]) / "manifest.json").read_text())["quantization"]
+    assert q["int8_convs"] == 61 and q["float_convs"] == {"outside:/backbone/": 20}  # ResNet-50 53 + FPN 8
+    assert (out / "predictions" / "int8" / "coco_results.json").is_file()
+
+
+def test_fixed_input_size_export_is_refused(tmp_path):
+    from deployzoo.errors import DeployzooError
+    from deployzoo.export import export_onnx
+
+    with pytest.raises(DeployzooError, match=r"maskrcnn: pre-processing resizes each image itself .*--imgsz origin"):
+        export_onnx("maskrcnn", tmp_path / "m.onnx", imgsz=[800, 1344])

@@ -156,3 +156,21 @@ def test_wrong_class_count_is_an_error():
         mmdet_to_torchvision(sd, "m.pth")
     with pytest.raises(DeployzooError, match=r"conv_logits has 81 channels, expected 80"):
         mmdet_to_torchvision({"roi_head.mask_head.conv_logits.weight": torch.zeros(81, 256, 1, 1)}, "m.pth")
+
+
+def test_build_model_reads_each_layout_and_names_the_right_variant(original, tmp_path):
+    """`--weights` of each release layout: an mmdetection file loads into mmdet_1x (keys mapped) and is refused
+    for the torchvision variants; a torchvision v1 file given as v2 names the variant to use."""
+    from deployzoo.models.maskrcnn import build_model
+
+    mm = tmp_path / "mmdet.pth"
+    torch.save({"meta": {"CLASSES": ["person"] * 80}, "state_dict": torchvision_to_mmdet(original.state_dict())}, mm)
+    net = build_model("mmdet_1x", mm)
+    assert torch.equal(net.roi_heads.box_predictor.cls_score.weight, original.roi_heads.box_predictor.cls_score.weight)
+    with pytest.raises(DeployzooError, match=r"mmdet\.pth: an mmdetection checkpoint; use --variant mmdet_1x"):
+        build_model("tv_v1", mm)
+    tv = tmp_path / "tv_v1.pth"
+    torch.save(maskrcnn_resnet50_fpn(weights=None, weights_backbone=None).state_dict(), tv)
+    build_model("tv_v1", tv)
+    with pytest.raises(DeployzooError, match=r"tv_v1\.pth: checkpoint does not fit.*--variant tv_v1"):
+        build_model("tv_v2", tv)

@@ -112,7 +112,8 @@ def build(
 def predict(
     engine: str = typer.Argument(..., help="Engine directory, or a model name to build (cached) and run."),
     source: Path = typer.Option(..., help="Image DIR, FILE, LIST (.txt) or WIDER FACE root; for arcface also an IJB-C "
-                                "root, a landmarks .txt, a RetinaFace predictions.jsonl or a .bin set."),
+                                "root, a landmarks .txt, a RetinaFace predictions.jsonl or a .bin set; for maskrcnn a COCO root "
+                                "(images/ or val2017/ + annotations/: image ids and sizes from the json)."),
     output: Path = typer.Option(..., "-o", "--output", help="Output directory."),
     batch: Optional[int] = typer.Option(None, help="Batch size (default: 1, or the engine's fixed batch)."),
     fmt: list[str] = typer.Option(["jsonl"], "--format", help="jsonl (always written) and/or widerface."),

@@ -109,6 +109,9 @@ def export_onnx(
     if spec.input.get("fixed_size") and imgsz != spec.default_imgsz[variant]:
         want = "x".join(map(str, spec.default_imgsz[variant]))
         raise DeployzooError(f"{spec.name}: the network takes {want} inputs only (--imgsz {want})")
+    if spec.input.get("origin_only") and imgsz != "origin":
+        raise DeployzooError(f"{spec.name}: pre-processing resizes each image itself (keep ratio, "
+                             f"{'x'.join(map(str, spec.input.get('resize', [])))}); export with --imgsz origin")
     module = build_deploy_module(spec, variant, weights, seed)
     # dynamo specialises a dynamic batch axis traced at size 1 (timm's VOLO slices hit it): trace at 2
     spec_in = spec.input_for(variant)

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,17 @@ class PredictSummary:
         d["out_dir"] = str(self.out_dir)
         d["images_per_second"] = round(self.written / self.seconds, 3) if self.seconds > 0 else None
         return d
+
+
+def iter_records(pred_dir: str | Path) -> Iterator[dict[str, Any]]:
+    """The complete records of a predict output (PRED_DIR/predictions.jsonl, or that file), in order; a torn last
+    line of an interrupted run is left out."""
+    path = Path(pred_dir)
+    path = path / PRED_FILE if path.is_dir() else path
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.endswith("\n") and line.strip():
+                yield json.loads(line)
 
 
 def _done_keys(path: Path) -> set[str]:

@@ -119,10 +119,7 @@ def find_set(root: str | Path, ann: str | Path | None = None) -> CocoSet:
         raise DeployzooError(f"{root}: COCO dataset directory not found")
     images_dir = _images_dir(root)
     ann_path = Path(ann) if ann is not None else _find_annotations(root, images_dir)
-    try:
-        coco = load_annotations(ann_path)
-    except KeyError as exc:  # pycocotools indexes images, annotations and categories by their 'id'
-        raise DeployzooError(f"{ann_path}: an image, annotation or category lacks {exc.args[0]!r}") from None
+    coco = load_annotations(ann_path)
     images = coco.dataset["images"]
     _check_images(images, ann_path)
     if len(coco.imgs) != len(images):

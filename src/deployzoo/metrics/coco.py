@@ -37,10 +37,13 @@ def load_annotations(path: str | Path):
     missing = [k for k in ANN_KEYS if k not in data]
     if missing:
         raise DeployzooError(f"{path}: not a COCO instances file, missing key(s) {', '.join(missing)}")
-    for i, a in enumerate(data["annotations"]):
-        lacking = [k for k in ("image_id", "category_id", "bbox", "iscrowd", "area") if k not in a]
-        if lacking:
-            raise DeployzooError(f"{path}: annotations[{i}] lacks {', '.join(lacking)}")
+    need = {"images": ("id",), "categories": ("id",), "annotations": ("id", "image_id", "category_id", "bbox",
+                                                                       "iscrowd", "area")}
+    for key, keys in need.items():  # pycocotools indexes by these and fails with a bare KeyError without them
+        for i, entry in enumerate(data[key]):
+            lacking = [k for k in keys if not isinstance(entry, dict) or k not in entry]
+            if lacking:
+                raise DeployzooError(f"{path}: {key}[{i}] lacks {', '.join(lacking)}")
     coco = COCO()
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):

@@ -225,15 +225,9 @@ class WiderFaceRunData:
 
     def agreement(self, ref_dir: Path, pred_dir: Path) -> float:
         """AP of this engine's detections scored against the fp32 engine's confident ones (metrics.agreement)."""
-        import json
-
         from deployzoo.metrics.agreement import agreement_ap
-        from deployzoo.predict import PRED_FILE
+        from deployzoo.predict import iter_records
 
-        def read(d: Path) -> list[dict[str, Any]]:
-            with open(d / PRED_FILE) as f:
-                return [json.loads(line) for line in f if line.strip()]
-
-        by_name = {r["image"]: r for r in read(pred_dir)}
-        pairs = [(r, by_name[r["image"]]) for r in read(ref_dir) if r["image"] in by_name]
+        by_name = {r["image"]: r for r in iter_records(pred_dir)}
+        pairs = [(r, by_name[r["image"]]) for r in iter_records(ref_dir) if r["image"] in by_name]
         return agreement_ap([p[0] for p in pairs], [p[1] for p in pairs])

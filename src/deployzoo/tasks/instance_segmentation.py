@@ -17,7 +17,6 @@ import numpy as np
 import torch
 
 from deployzoo.data.images import ImageError, SourceItem
-from deployzoo.errors import DeployzooError
 from deployzoo.tasks.base import Prepared
 
 log = logging.getLogger(__name__)
@@ -230,18 +229,15 @@ class CocoResultsWriter:
 
     def close(self) -> None:
         from deployzoo.engine import atomic_write_file
-        from deployzoo.predict import PRED_FILE
+        from deployzoo.predict import PRED_FILE, iter_records
 
         src = self.out_dir / PRED_FILE
 
         def _write(tmp: Path) -> None:
-            with open(src, encoding="utf-8") as fin, open(tmp, "w", encoding="utf-8") as fout:
+            with open(tmp, "w", encoding="utf-8") as fout:
                 fout.write("[")
                 first = True
-                for line in fin:
-                    if not line.endswith("\n"):
-                        break  # a torn last line of an interrupted run
-                    rec = json.loads(line)
+                for rec in iter_records(src):
                     for d in rec.get("detections", ()):
                         fout.write(("" if first else ",\n") + json.dumps({"image_id": rec["image_id"], **d},
                                                                           separators=(",", ":")))
@@ -286,7 +282,7 @@ class CocoRunData:
         return ("Keep-ratio resize (shorter side 800, longer side at most 1333) and padding to 32 in the "
                 f"pre-processing; detections score > {post['conf']}, per-class NMS {post['iou']}, at most "
                 f"{post['max_det']} per image, masks pasted back ({post.get('paste', 'torchvision')}) and binarised "
-                f"at {post['mask_thr']}; pycocotools COCOeval, AP in %.")
+                f"at {post['mask_thr']}; pycocotools COCOeval (AP as fractions, as the seed).")
 
     def evaluate(self, pred_dir: Path, plot_path: Path | None = None, title: str | None = None) -> dict[str, Any]:
         from deployzoo.engine import atomic_write_text
@@ -300,10 +296,10 @@ class CocoRunData:
         return stats
 
     def accuracy_cells(self, res: dict[str, Any], batch: int) -> list[Any]:
-        def pct(t: str, k: str) -> str:
-            return f"{100 * res[t][k]:.1f}" if res.get(t) else "-"
+        def frac(t: str, k: str) -> str:  # the seed's format: 0.381
+            return f"{res[t][k]:.3f}" if res.get(t) else "-"
 
-        return [batch, pct("bbox", "AP"), pct("bbox", "AP50"), pct("segm", "AP")]
+        return [batch, frac("bbox", "AP"), frac("bbox", "AP50"), frac("segm", "AP")]
 
     def agreement(self, ref_dir: Path, pred_dir: Path) -> float:
         """Share of the fp32 engine's detections scoring >= 0.5 that the other engine also makes: same image and
@@ -331,12 +327,6 @@ def _xyxy(b: list[float]) -> list[float]:
 
 
 def _read_detections(pred_dir: Path) -> dict[str, list[dict[str, Any]]]:
-    from deployzoo.predict import PRED_FILE
+    from deployzoo.predict import iter_records
 
-    out = {}
-    with open(pred_dir / PRED_FILE, encoding="utf-8") as f:
-        for line in f:
-            if line.endswith("\n"):
-                rec = json.loads(line)
-                out[rec["image"]] = rec.get("detections", [])
-    return out
+    return {rec["image"]: rec.get("detections", []) for rec in iter_records(pred_dir)}
