@@ -30,6 +30,7 @@ ap.add_argument("--fixtures", default=str(Path(__file__).resolve().parents[2] / 
 ap.add_argument("--cache", default=None)
 ap.add_argument("--e2e-images", type=int, default=16)
 ap.add_argument("--skip-memory", action="store_true")
+ap.add_argument("--memory-only", action="store_true", help="only the predict peak-RSS runs (engines from --cache)")
 args = ap.parse_args()
 fx = Path(args.fixtures)
 cache = Path(args.cache or tempfile.mkdtemp(prefix="dz-bench-"))
@@ -48,7 +49,7 @@ for d, files in ((sub, timed), (calib_dir, rest)):
 calib = make_calib_set(calib_dir, 16, "minmax")
 rows = []
 engines = {}
-for backend, prec in [("torch", "fp32"), ("ort", "fp32"), ("ort", "int8")]:
+for backend, prec in ([] if args.memory_only else [("torch", "fp32"), ("ort", "fp32"), ("ort", "int8")]):
     eng = ensure_engine("maskrcnn", variant="mmdet_1x", backend=backend, precision=prec, batch=None,
                         calib=calib if prec == "int8" else None, cache_dir=cache)
     engines[(backend, prec)] = eng
@@ -64,7 +65,8 @@ split = [[f"{r['backend']} {r['precision']}", r["batch"], r["images"], f"{r['thr
          for r in rows if r["mode"] == "e2e"]
 mem = []
 if not args.skip_memory:
-    eng = engines[("ort", "int8")]
+    eng = engines.get(("ort", "int8")) or ensure_engine("maskrcnn", variant="mmdet_1x", precision="int8", batch=None,
+                                                         calib=calib, cache_dir=cache)
     for b in (1, 4):
         out = cache / "mem" / f"bs{b}"
         cmd = ["/usr/bin/time", "-f", "%M %e", sys.executable, "-m", "deployzoo", "predict", str(eng),
@@ -75,7 +77,7 @@ if not args.skip_memory:
         kib, secs = p.stderr.strip().splitlines()[-1].split()
         summ = json.loads((out / "summary.json").read_text())
         dets = sum(len(json.loads(line)["detections"]) for line in (out / "predictions.jsonl").open())
-        mem.append(["ort int8", b, summ["written"], dets, f"{int(kib) / 1024:.0f}", f"{float(secs):.0f}"])
+        mem.append(["ort int8", b, summ["written"], dets, f"{int(kib) / 1024:.0f}", f"{summ['images_per_second']:.3f}"])
         print(f"predict coco128 bs{b}: peak RSS {int(kib) / 1024:.0f} MiB, {secs} s, {dets} detections", flush=True)
 mach, ver = machine(), versions()
 parts = [
@@ -84,7 +86,7 @@ parts = [
               "post ms/img"], split), "",
 ]
 if mem:
-    parts += [md_table(["predict engine", "Batch", "images", "detections", "peak RSS MiB", "wall s"], mem), ""]
+    parts += [md_table(["predict engine", "Batch", "images", "detections", "peak RSS MiB", "img/s"], mem), ""]
 parts += [f"Machine: {mach['cpu']}, {mach['affinity_cores']} cores, {THREADS} runtime threads. Versions: "
           + ", ".join(f"{k} {v}" for k, v in ver.items() if k != "platform") + f". Created {now_iso()}. "
           f"int8 calibration: 16 COCO128 images outside the timed ones (minmax), file-list sha256 "

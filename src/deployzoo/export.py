@@ -158,7 +158,7 @@ def export_onnx(
                 if imgsz == "origin":
                     shapes.update({2: torch.export.Dim.DYNAMIC, 3: torch.export.Dim.DYNAMIC})
                 if len(in_names) > 1:
-                    raise DeployzooError(f"{spec.name}: the dynamo exporter is not supported for this model")
+                    raise DeployzooError(f"{spec.name}: its graph has several inputs; export it with --exporter torchscript")
                 prog = torch.onnx.export(
                     module, inputs, input_names=in_names, output_names=list(spec.output_names),
                     opset_version=max(opset, 18), dynamic_shapes=({"x": shapes} if shapes else None), dynamo=True,

@@ -43,6 +43,11 @@ class OrtRunner:
             so.intra_op_num_threads = int(threads)
             so.inter_op_num_threads = 1
         so.log_severity_level = 3
+        if manifest["input"].get("imgsz") == "origin":
+            # every batch has its own H x W: ORT's memory patterns (planned per shape, kept for every shape seen)
+            # only grow the arena; measured on Mask R-CNN COCO128 bs 4: 9.2 GiB peak with them, ~3-4 GiB without,
+            # and no slower (docs/benchmarks/cpu.md)
+            so.enable_mem_pattern = False
         self.manifest = manifest
         self.providers = providers(device)
         try:
