@@ -166,17 +166,27 @@ def test_predict_writes_coco_results_for_unusual_images(mmdet_fp32, tmp_path):
         assert r["category_id"] in mr.category_ids("mmdet_1x")[1:]
     lines = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert sum(len(rec["detections"]) for rec in lines) == len(res)
+    # an interrupted run (torn last line) resumes: the results json is rebuilt from every finished image
+    whole = (out / "predictions.jsonl").read_text()
+    (out / "predictions.jsonl").write_text(whole[: whole.rindex("{") + 20])
+    (out / "coco_results.json").unlink()
+    s = predict(mmdet_fp32, src, out, batch=3, resume=True, show_progress=False)
+    assert s.resumed == 2 and s.written == 1
+    again = json.loads((out / "coco_results.json").read_text())
+    assert {r["image_id"] for r in again} == set(sizes)
+    kept = [json.dumps(r) for r in res if r["image_id"] != 9]  # image 9 was re-run alone: other padding, other
+    assert [json.dumps(r) for r in again if r["image_id"] != 9] == kept  # features near its border
 
 
 def test_run_demo_reports_both_precisions_with_backbone_only_int8(tmp_path):
     """`deployzoo run maskrcnn --data demo`: the seed's accuracy table per precision, the end-to-end stage split,
-    the throughput table; int8 quantizes backbone + FPN convolutions only (heads float)."""
+    the throughput table; fp16 converts the networks only; int8 quantizes backbone + FPN convolutions only."""
     import json
 
     from conftest import run_cli
 
     out = tmp_path / "run"
-    run_cli(["run", "maskrcnn", "-o", str(out), "--precisions", "fp32,int8", "--batches", "1", "--iters", "1",
+    run_cli(["run", "maskrcnn", "-o", str(out), "--precisions", "fp32,fp16,int8", "--batches", "1", "--iters", "1",
              "--warmup", "1", "--demo-images", "2", "--calib-size", "1", "--no-reference", "--bench-imgsz", "320",
              "320"])
     md = (out / "report.md").read_text()
@@ -188,6 +198,8 @@ def test_run_demo_reports_both_precisions_with_backbone_only_int8(tmp_path):
     q = json.loads((Path(rep["engines"]["int8"]) / "manifest.json").read_text())["quantization"]
     assert q["int8_convs"] == 61 and q["float_convs"] == {"outside:/backbone/": 20}  # ResNet-50 53 + FPN 8
     assert (out / "predictions" / "int8" / "coco_results.json").is_file()
+    fp16 = json.loads((Path(rep["engines"]["fp16"]) / "manifest.json").read_text())["fp16"]
+    assert fp16["fp16_scope"][0] == "/backbone/" and fp16["fp32_nodes"] > 1000  # box geometry stays fp32
 
 
 def test_fixed_input_size_export_is_refused(tmp_path):
