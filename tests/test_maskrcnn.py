@@ -153,8 +153,9 @@ def test_predict_writes_coco_results_for_unusual_images(mmdet_fp32, tmp_path):
     _write(src / "000000000008.jpg", rng.integers(0, 255, (24, 1500, 3), dtype=np.uint8))  # very wide
     _write(src / "000000000009.jpg", rng.integers(0, 255, (120, 90), dtype=np.uint8))  # grayscale file
     out = tmp_path / "pred"
-    s = predict(mmdet_fp32, src, out, batch=3, show_progress=False)
+    s = predict(mmdet_fp32, src, out, batch=3, save_img=True, show_progress=False)
     assert s.written == 3 and s.skipped == 0
+    assert sorted(p.name for p in (out / "vis").iterdir()) == [f"00000000000{i}.jpg" for i in (7, 8, 9)]
     sizes = {7: (3, 4), 8: (24, 1500), 9: (120, 90)}
     res = json.loads((out / "coco_results.json").read_text())
     assert {r["image_id"] for r in res} == set(sizes)
