@@ -81,7 +81,8 @@ def export(
     r = export_onnx(model, output, variant=variant, weights=weights, imgsz=imgsz, batch=None if dynamic_batch else batch,
                     opset=opset, exporter=exporter)
     typer.echo(f"wrote {r.path} (onnx.checker passed)")
-    typer.echo("ORT vs PyTorch max abs diff: " + ", ".join(f"{k} {v:.3g}" for k, v in r.max_abs_diff.items()))
+    what = "detections" if "count_diff" in r.max_abs_diff else "max abs diff"  # detection graphs: paired detections
+    typer.echo(f"ORT vs PyTorch {what}: " + ", ".join(f"{k} {v:.3g}" for k, v in r.max_abs_diff.items()))
     if r.meta["weights"]["random"]:
         typer.echo("WARNING: random weights: accuracy not meaningful", err=True)
 
