@@ -124,18 +124,21 @@ def read_manifest(engine_dir: str | Path) -> dict[str, Any]:
     return data
 
 
-def engine_feeds(manifest: dict[str, Any], x: Any) -> dict[str, Any]:
-    """Graph inputs by name for a batch: `x` is the image array, or a dict of every input (as a task's collate
-    gives it). Extra inputs an image array does not carry get their defaults: `image_sizes` (each image's valid
-    h, w inside the padded batch) = the whole padded size."""
-    if isinstance(x, dict):
-        return x
-    spec = manifest["input"]
-    feeds = {spec.get("name", "images"): x}
-    for name in spec.get("extra_inputs", ()):
-        if name != "image_sizes":
-            raise DeployzooError(f"engine input {name!r} needs a value (no default for it)")
-        feeds[name] = np.tile(np.array([x.shape[2:]], dtype=np.int64), (x.shape[0], 1))
+def engine_feeds(spec: dict[str, Any], x: Any) -> dict[str, np.ndarray]:
+    """Graph inputs by name for a batch, for an engine whose input spec (manifest["input"]) is `spec`: `x` is the
+    image array, or a dict of every input (as a task's collate gives it); the image input comes back as contiguous
+    float32. Extra inputs an image array does not carry get their defaults: `image_sizes` (each image's valid h, w
+    inside the padded batch) = the whole padded size."""
+    name = spec.get("name", "images")
+    feeds = dict(x) if isinstance(x, dict) else {name: x}
+    feeds[name] = np.ascontiguousarray(feeds[name], dtype=np.float32)
+    for extra in spec.get("extra_inputs", ()):
+        if extra in feeds:
+            continue
+        if extra != "image_sizes":
+            raise DeployzooError(f"engine input {extra!r} needs a value (no default for it)")
+        img = feeds[name]
+        feeds[extra] = np.tile(np.array([img.shape[2:]], dtype=np.int64), (img.shape[0], 1))
     return feeds
 
 

@@ -59,9 +59,7 @@ class OrtRunner:
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def run(self, x: np.ndarray | dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        feeds = engine_feeds(self.manifest, x)
-        feeds[self.input_name] = np.ascontiguousarray(feeds[self.input_name], dtype=np.float32)
-        outs = self.session.run(None, feeds)
+        outs = self.session.run(None, engine_feeds(self.manifest["input"], x))
         return dict(zip(self.output_names, outs))
 
     def peak_memory_bytes(self) -> int | None:

@@ -43,10 +43,9 @@ class TorchRunner:
 
     @torch.inference_mode()
     def run(self, x: np.ndarray | dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        feeds = engine_feeds(self.manifest, x)
-        name = self.manifest["input"].get("name", "images")
-        feeds[name] = np.ascontiguousarray(feeds[name], dtype=np.float32)
-        order = [name, *self.manifest["input"].get("extra_inputs", ())]
+        spec = self.manifest["input"]
+        feeds = engine_feeds(spec, x)
+        order = [spec.get("name", "images"), *spec.get("extra_inputs", ())]
         ts = [torch.from_numpy(np.ascontiguousarray(feeds[k])).to(self.device) for k in order]
         if self.precision in ("fp16", "bf16"):
             dtype = torch.float16 if self.precision == "fp16" else torch.bfloat16

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from deployzoo.data.images import ImageError, SourceItem, list_source, load_item
+from deployzoo.engine import engine_feeds
 from deployzoo.errors import DeployzooError
 from deployzoo.progress import progress_bar
 from deployzoo.tasks.base import task_source
@@ -83,8 +84,7 @@ class CalibReader:
                     continue
                 if len(pending) == self.batch:
                     self.used += len(pending)
-                    x = self.task.collate(pending, self.spec)
-                    yield x if isinstance(x, dict) else {self.input_name: x}
+                    yield engine_feeds({**self.spec, "name": self.input_name}, self.task.collate(pending, self.spec))
                     pending = []
 
     def get_next(self) -> dict[str, np.ndarray] | None:
