@@ -101,20 +101,24 @@ class OrtBackend:
         model = onnx.load(str(src))
         recipes.name_nodes(model)
         keep = recipes.tail_nodes(model)
+        kept = set(keep)
+
+        def keep_also(names: list[str]) -> int:
+            new = [n for n in dict.fromkeys(names) if n not in kept]
+            kept.update(new)
+            keep.extend(new)
+            return len(new)
+
         info: dict[str, Any] = {"rule": "post-head decode tail kept fp32; inputs/outputs fp32"}
         # per-model op types kept fp32 (export metadata; empty for models without such ops: build unchanged)
         keep_ops = list((meta or {}).get("fp16_keep_ops") or ())
         if keep_ops:
-            tail = set(keep)
-            kept = [n for n in recipes.fp16_keep_nodes(model, keep_ops) if n not in tail]
-            keep += kept
             info["keep_ops"] = keep_ops
-            info["keep_ops_nodes"] = len(kept)
+            info["keep_ops_nodes"] = keep_also(recipes.fp16_keep_nodes(model, keep_ops))
             info["rule"] += f"; {', '.join(keep_ops)} (and the attention MatMuls around Softmax) kept fp32"
         scope = list((meta or {}).get("fp16_scope") or ())
         if scope:  # only these modules run fp16: box decode, NMS and RoI geometry between them stay fp32
-            kept = [n for n in recipes.outside_scope(model, scope) if n not in set(keep)]
-            keep += kept
+            keep_also(recipes.outside_scope(model, scope))
             info["fp16_scope"] = scope
             info["rule"] += f"; only nodes under {', '.join(scope)} in fp16"
         m16 = convert_float_to_float16(model, keep_io_types=True, node_block_list=keep, disable_shape_infer=False)
