@@ -96,6 +96,11 @@ def test_preprocessing_matches_torchvision_transform():
     feeds = task.collate([a, b], spec)
     assert feeds["images"].shape == (2, 3, 800, 1344) and feeds["image_sizes"].tolist() == [[800, 1066], [133, 1333]]
     assert not feeds["images"][1, :, 133:].any()
+    # an image listed in an instances json with another size is refused (skipped by predict, with the reason)
+    from deployzoo.data.images import ImageError
+
+    with pytest.raises(ImageError, match=r"image is 500x375, the annotations say 10x20 \(detections would be"):
+        task.prepare(img, spec, {"image_id": 1, "height": 20, "width": 10})
     # extreme aspect ratios still give a valid input (torchvision's own transform fails on the 0-pixel side)
     for shape in [(1, 3000, 3), (3000, 2, 3), (1, 1, 3)]:
         p = task.prepare(np.zeros(shape, np.uint8), spec)

@@ -144,14 +144,21 @@ def find_set(root: str | Path, ann: str | Path | None = None) -> CocoSet:
     return CocoSet(root, images_dir, ann_path, items, coco)
 
 
-def check_image_size(item: SourceItem, image_hw: tuple[int, int]) -> None:
-    """Error when a decoded image's H x W is not the json's height x width: its boxes and masks would be
-    scored in the wrong frame."""
+def size_mismatch(meta: dict[str, Any] | None, image_hw: tuple[int, int]) -> str | None:
+    """Why a decoded image cannot be scored against its json entry `meta` (height, width): its H x W differs
+    and its boxes and masks would be in the wrong frame; None when the sizes agree."""
     h, w = int(image_hw[0]), int(image_hw[1])
-    want_h, want_w = (item.meta or {}).get("height"), (item.meta or {}).get("width")
-    if (h, w) != (want_h, want_w):
-        raise DeployzooError(f"{item.path}: image is {w}x{h}, the annotations say {want_w}x{want_h} "
-                             f"(detections would be scored in the wrong frame)")
+    want_h, want_w = (meta or {}).get("height"), (meta or {}).get("width")
+    if (h, w) == (want_h, want_w):
+        return None
+    return f"image is {w}x{h}, the annotations say {want_w}x{want_h} (detections would be scored in the wrong frame)"
+
+
+def check_image_size(item: SourceItem, image_hw: tuple[int, int]) -> None:
+    """Error naming the file when a decoded image's H x W is not the json's height x width."""
+    why = size_mismatch(item.meta, image_hw)
+    if why:
+        raise DeployzooError(f"{item.path}: {why}")
 
 
 # --------------------------------------------------------------------------------------------- demo set

@@ -148,11 +148,13 @@ class InstanceSegmentationTask:
                       for k, i in enumerate(items)]
 
     def prepare(self, img: np.ndarray, spec: dict[str, Any], meta: dict[str, Any] | None = None) -> Prepared:
+        from deployzoo.data.coco import size_mismatch
+
         meta = meta or {}
         h, w = img.shape[:2]
-        if "height" in meta and (int(meta["height"]), int(meta["width"])) != (h, w):
-            raise ImageError(f"decoded size {w}x{h} differs from the annotations' {meta['width']}x{meta['height']}"
-                             " (boxes would be scored in the wrong frame)")
+        why = size_mismatch(meta, (h, w)) if "height" in meta else None  # images listed in an instances json
+        if why:
+            raise ImageError(why)
         x, hw = resize_keep_ratio(img, spec)
         return Prepared(x, {"orig_hw": (h, w), "resized_hw": hw, "image_id": meta.get("image_id")})
 
