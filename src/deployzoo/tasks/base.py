@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -44,6 +45,16 @@ class Task(Protocol):
 # - open_format(fmt, out_dir, items, resume) -> writer with write(item, record) and close(): formats that need
 #   the whole item list up front (e.g. an N x D features array written by row).
 # - always_formats: formats predict writes whatever --format says.
+
+
+def demo_sets(eval_root: Path, calib_root: Path, marker: str,
+              write: Callable[[Path, bool], Any]) -> tuple[Path, Path]:
+    """A run's generated demo: the evaluation set and a separate calibration set, each written by
+    `write(root, is_calib)` unless an earlier run left it complete (ROOT/`marker` exists)."""
+    for root, is_calib in ((eval_root, False), (calib_root, True)):
+        if not (root / marker).exists():
+            write(root, is_calib)
+    return eval_root, calib_root
 
 
 def task_source(task: Any, source: Any) -> tuple[Path, list[Any]]:

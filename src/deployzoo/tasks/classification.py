@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from deployzoo.tasks.base import Prepared
+from deployzoo.tasks.base import Prepared, demo_sets
 
 DEFAULT_POST = {"topk": 5}
 _PIL_INTERP = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST,
@@ -86,12 +86,9 @@ class ImageNetRunData:
         from deployzoo.data.imagenet import find_set, write_demo
 
         if data == "demo":
-            root = work_dir / f"demo-imagenet-{demo_images}"
-            if not (root / "val.txt").is_file():
-                write_demo(root, n_images=demo_images, seed=0)
-            calib = work_dir / "demo-imagenet-calib"
-            if not (calib / "val.txt").is_file():
-                write_demo(calib, n_images=16, seed=1)
+            root, calib = demo_sets(work_dir / f"demo-imagenet-{demo_images}", work_dir / "demo-imagenet-calib",
+                                    "val.txt", lambda d, is_calib: write_demo(
+                                        d, n_images=16 if is_calib else demo_images, seed=int(is_calib)))
             self.calib_default: Path | None = calib / "images"
             self.name = f"demo labelled set ({demo_images} generated images, random labels, seed 0)"
         else:

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torchvision.ops import batched_nms
 
-from deployzoo.tasks.base import Prepared
+from deployzoo.tasks.base import Prepared, demo_sets
 
 DEFAULT_POST = {"conf": 0.02, "iou": 0.4, "top_k": 5000, "max_det": 750}
 
@@ -189,12 +189,10 @@ class WiderFaceRunData:
         from deployzoo.errors import DeployzooError
 
         if data == "demo":
-            root = work_dir / f"demo-widerface-{demo_images}"
-            if not (root / "ground_truth" / "wider_face_val.mat").is_file():
-                write_demo(root, n_images=demo_images, seed=0)
-            calib = work_dir / "demo-widerface-calib"
-            if not (calib / "ground_truth" / "wider_face_val.mat").is_file():
-                write_demo(calib, n_images=16, seed=1)
+            root, calib = demo_sets(work_dir / f"demo-widerface-{demo_images}", work_dir / "demo-widerface-calib",
+                                    "ground_truth/wider_face_val.mat",
+                                    lambda d, is_calib: write_demo(d, n_images=16 if is_calib else demo_images,
+                                                                   seed=int(is_calib)))
             self.calib_default: Path | None = calib / "WIDER_val" / "images"
             self.name = f"demo WIDER-layout set ({demo_images} synthetic images, seed 0)"
         else:

@@ -21,7 +21,7 @@ from deployzoo.data.face_align import INPUT_SIZE, AlignmentError, align_face
 from deployzoo.data.images import SourceItem, list_source
 from deployzoo.engine import atomic_write_text
 from deployzoo.errors import DeployzooError
-from deployzoo.tasks.base import Prepared
+from deployzoo.tasks.base import Prepared, demo_sets
 
 log = logging.getLogger(__name__)
 
@@ -304,12 +304,9 @@ class IJBCRunData:
 
         if data == "demo":
             n_id = max(4, demo_images // 6)
-            root = work_dir / f"demo-ijbc-{n_id}"
-            if not (root / "meta").is_dir():
-                write_demo(root, n_identities=n_id, images_per_identity=6, seed=0)
-            calib = work_dir / "demo-ijbc-calib"
-            if not (calib / "meta").is_dir():
-                write_demo(calib, n_identities=6, images_per_identity=6, seed=1)
+            root, calib = demo_sets(work_dir / f"demo-ijbc-{n_id}", work_dir / "demo-ijbc-calib", "meta",
+                                    lambda d, is_calib: write_demo(d, n_identities=6 if is_calib else n_id,
+                                                                   images_per_identity=6, seed=int(is_calib)))
             self.calib_default: Path | None = calib
             self.name = f"demo IJB-C-layout set ({n_id} synthetic identities x 6 images, seed 0)"
         else:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from deployzoo.data.images import ImageError, SourceItem
-from deployzoo.tasks.base import Prepared
+from deployzoo.tasks.base import Prepared, demo_sets
 
 log = logging.getLogger(__name__)
 RESULTS_FILE = "coco_results.json"
@@ -264,12 +264,9 @@ class CocoRunData:
         from deployzoo.data.coco import find_set, write_demo
 
         if data == "demo":
-            root = work_dir / f"demo-coco-{demo_images}"
-            if not (root / "annotations").is_dir():
-                write_demo(root, n_images=demo_images, seed=0)
-            calib = work_dir / "demo-coco-calib"
-            if not (calib / "annotations").is_dir():
-                write_demo(calib, n_images=4, seed=1)
+            root, calib = demo_sets(work_dir / f"demo-coco-{demo_images}", work_dir / "demo-coco-calib",
+                                    "annotations", lambda d, is_calib: write_demo(
+                                        d, n_images=4 if is_calib else demo_images, seed=int(is_calib)))
             self.calib_default: Path | None = calib / "images"
             self.name = f"demo COCO-layout set ({demo_images} generated images with drawn objects, seed 0)"
         else:
