@@ -27,11 +27,16 @@ def build_engine(
     calib_method: str = "minmax",
     post: dict[str, Any] | None = None,
     float_groups: tuple[str, ...] | None = None,
+    options: dict[str, Any] | None = None,
 ) -> Path:
+    """`options` are backend build options (device, tf32, channels_last, cuda_graphs, opt_batch for the
+    PyTorch-based backends; backends/torch_common.py); a backend that takes none refuses any that is set."""
     onnx_path = Path(onnx_path)
     precision = canonical_precision(precision)
     be = get_backend(backend)
     if precision not in be.precisions:
+        if hasattr(be, "precision_error"):
+            raise DeployzooError(be.precision_error(precision))
         raise DeployzooError(f"backend {backend}: precision {precision} not supported here (choose {', '.join(be.precisions)})")
     meta = read_onnx_meta(onnx_path)
     if float_groups is not None:
@@ -54,7 +59,12 @@ def build_engine(
         log.info("--calib ignored for precision %s", precision)
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
-        info = be.build(onnx_path, tmp, precision, meta, cs)
+        set_opts = {k: v for k, v in (options or {}).items() if v is not None}
+        if set_opts and not getattr(be, "takes_options", False):
+            raise DeployzooError(f"backend {be.name}: build options {', '.join(sorted(set_opts))} apply to the "
+                                 "PyTorch backends (torch, aoti) only")
+        args = (set_opts,) if getattr(be, "takes_options", False) else ()
+        info = be.build(onnx_path, tmp, precision, meta, cs, *args)
         warnings = [RANDOM_WEIGHTS_WARNING] if meta["weights"].get("random") else []
         manifest = {
             "format": FORMAT,

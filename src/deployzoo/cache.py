@@ -43,6 +43,7 @@ def ensure_engine(
     cache_dir: str | Path | None = None,
     seed: int = 0,
     float_groups: tuple[str, ...] | None = None,
+    options: dict[str, Any] | None = None,
 ) -> Path:
     """Export (if needed) and build (if needed) an engine; return its directory."""
     spec = get_model(model)
@@ -60,11 +61,13 @@ def ensure_engine(
     if precision == "int8" and calib is not None:
         cs = calib if isinstance(calib, CalibSet) else make_calib_set(calib, calib_size, calib_method,
                                                                       task=get_task(spec.task))
+    options = {k: v for k, v in (options or {}).items() if v is not None}
     eng_id = {**graph_id, "backend": backend, "precision": precision, "calib": cs.describe() if cs else None,
-              "float_groups": float_groups}
+              "float_groups": float_groups, **({"options": options} if options else {})}
     eng = cache / "engines" / f"{spec.name}-{variant}-{backend}-{precision}-{_key(eng_id)[:16]}"
     if (eng / MANIFEST).is_file():
         log.info("cached engine %s", eng)
         return eng
     log.info("building %s %s %s -> %s", spec.name, backend, precision, eng)
-    return build_engine(onnx_path, eng, backend=backend, precision=precision, calib=cs, float_groups=float_groups)
+    return build_engine(onnx_path, eng, backend=backend, precision=precision, calib=cs, float_groups=float_groups,
+                        options=options)

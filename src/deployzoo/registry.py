@@ -219,7 +219,8 @@ _TASKS = {
     "classification": ("deployzoo.tasks.classification", "ClassificationTask"),
     "instance_segmentation": ("deployzoo.tasks.instance_segmentation", "InstanceSegmentationTask"),
 }
-_BACKENDS = {"ort": ("deployzoo.backends.ort", "OrtBackend"), "torch": ("deployzoo.backends.torch_eager", "TorchBackend")}
+_BACKENDS = {"ort": ("deployzoo.backends.ort", "OrtBackend"), "torch": ("deployzoo.backends.torch_eager", "TorchBackend"),
+             "aoti": ("deployzoo.backends.aoti", "AotiBackend")}
 
 
 def model_names() -> list[str]:

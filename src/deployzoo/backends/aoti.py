@@ -1,0 +1,190 @@
+"""AOTInductor backend: the deploy module (network + in-graph decode) captured with `torch.export` and compiled
+ahead of time by Inductor into a `.pt2` package for one device type (CUDA or CPU).
+
+- precisions fp32 (TF32 switch on CUDA), fp16 and bf16 (autocast captured in the graph: convolutions / matmuls in
+  the low precision, the decode tails in fp32); int8 is refused with the reason (see `INT8_MESSAGE`);
+- fixed batch, or a dynamic batch range (`torch.export.Dim`, min..max from the exported graph, traced at the
+  manifest's `opt_batch`); original-size engines also get dynamic H x W;
+- channels-last and CUDA graphs per input shape as build options (backends/torch_common.py), shared with the
+  eager `torch` backend;
+- at build, the compiled package is run against eager PyTorch on two probe batches and the largest differences
+  are written into the manifest (`parity_vs_eager`).
+
+Loading needs the same torch version that compiled the package (AOTInductor's ABI); the manifest records it and
+a mismatch is refused with a one-line message.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from deployzoo.backends.torch_common import (TensorRunner, autocast_wrap, build_options, check_graphable,
+                                             resolve_device)
+from deployzoo.backends.torch_eager import source_module
+from deployzoo.errors import DeployzooError
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.pt2"
+# H and W range of original-size engines: export guards sizes below 33 (RetinaFace) / 65 px (Mask R-CNN's FPN),
+# so smaller inputs are zero-padded bottom / right up to the minimum, as a batch's smaller images are
+ORIGIN_RANGE = (96, 4096)
+INT8_MESSAGE = ("backend aoti: int8 on this backend needs a quantization path we do not ship yet (no TensorRT on "
+                "our GPU machines; torchao int8/fp8 not yet measured here); use --backend ort --precision int8, or "
+                "fp16 / bf16 on aoti")
+
+
+class _ExportWrapper(torch.nn.Module):
+    """A fixed positional signature for torch.export (the deploy modules take one or two tensors)."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, *xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(self.inner(*xs))
+
+
+def _dynamic_shapes(meta: dict[str, Any], n_inputs: int) -> tuple[Any, ...] | None:
+    b = meta["batch"]
+    dims: list[dict[int, Any]] = [{} for _ in range(n_inputs)]
+    if b.get("dynamic"):
+        batch = torch.export.Dim("batch", min=int(b.get("min", 1)), max=int(b.get("max", 64)))
+        for d in dims:
+            d[0] = batch
+    if meta["input"].get("imgsz") == "origin":
+        lo, hi = ORIGIN_RANGE
+        dims[0][2] = torch.export.Dim("height", min=lo, max=hi)
+        dims[0][3] = torch.export.Dim("width", min=lo, max=hi)
+    if not any(dims):
+        return None
+    return (tuple(d or None for d in dims),)
+
+
+def probe_batches(meta: dict[str, Any], opts: dict[str, Any]) -> list[int]:
+    b = meta["batch"]
+    if not b.get("dynamic"):
+        return [int(b["size"])]
+    lo, hi = int(b.get("min", 1)), int(b.get("max", 64))
+    opt = int(opts["opt_batch"])
+    trace = opt if opt >= 2 or hi < 2 else 2  # a dim traced at 1 is specialised by torch.export
+    return [trace] + [n for n in (lo, min(hi, trace + 1)) if n != trace][:1]
+
+
+def _inputs(module: torch.nn.Module, meta: dict[str, Any], batch: int, hw: Any, seed: int,
+            device: torch.device, channels_last: bool) -> tuple[torch.Tensor, ...]:
+    from deployzoo.export import graph_inputs, probe_input
+
+    x = probe_input(hw, batch, seed, meta["input"])
+    ts = [t.to(device) for t in graph_inputs(module, x)]
+    if channels_last:
+        ts[0] = ts[0].contiguous(memory_format=torch.channels_last)
+    return tuple(ts)
+
+
+class AotiBackend:
+    name = "aoti"
+    precisions = ("fp32", "fp16", "bf16")
+    needs_onnx = True  # the exported graph carries model, variant, weights and input spec
+    takes_options = True
+
+    def precision_error(self, precision: str) -> str:
+        return INT8_MESSAGE if precision == "int8" else f"backend aoti: precision {precision} not supported"
+
+    def build(self, onnx_path: Path, out_dir: Path, precision: str, meta: dict[str, Any],
+              calib: Any | None, options: dict[str, Any] | None = None) -> dict[str, Any]:
+        from deployzoo.export import max_abs_diff
+
+        opts = build_options(options, meta, onnx_path)
+        dev = torch.device(opts["device"])
+        base = source_module(meta, onnx_path).to(dev)
+        check_graphable(base, opts, onnx_path)
+        if opts["channels_last"]:
+            base = base.to(memory_format=torch.channels_last)
+        module = _ExportWrapper(autocast_wrap(base, precision, dev.type)).eval()
+        hw = meta["input"].get("imgsz", "origin")
+        batches = probe_batches(meta, opts)
+        example = _inputs(base, meta, batches[0], hw, 0, dev, opts["channels_last"])
+        t0 = time.perf_counter()
+        try:
+            with torch.inference_mode():
+                ep = torch.export.export(module, example, dynamic_shapes=_dynamic_shapes(meta, len(example)))
+        except Exception as exc:  # noqa: BLE001 - torch.export raises many types; the first line says why
+            first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+            hint = (" (its code fixes the batch: export with --batch N for a fixed-batch aoti engine)"
+                    if meta["batch"].get("dynamic") and "batch" in first else "")
+            raise DeployzooError(f"{onnx_path}: torch.export cannot capture {meta['model']} {meta['variant']} "
+                                 f"for aoti: {first}{hint}") from None
+        t_export = time.perf_counter() - t0
+        log.info("aoti: exported %s %s in %.1fs; compiling for %s (takes a minute or more)", meta["model"],
+                 meta["variant"], t_export, dev)
+        pkg = out_dir / MODEL_FILE
+        with torch.inference_mode():
+            torch._inductor.aoti_compile_and_package(ep, package_path=str(pkg))
+        t_compile = time.perf_counter() - t0 - t_export
+        compiled = torch._inductor.aoti_load_package(str(pkg))
+        parity: dict[str, float] = {}
+        for i, n in enumerate(batches):
+            xs = _inputs(base, meta, n, [333, 517] if hw == "origin" and i else hw, i + 1, dev, opts["channels_last"])
+            with torch.inference_mode():
+                got, ref = compiled(*xs), module(*xs)
+            g = dict(zip(meta["outputs"], (t.float().cpu().numpy() if t.is_floating_point() else t.cpu().numpy()
+                                           for t in got)))
+            r = dict(zip(meta["outputs"], (t.float().cpu().numpy() if t.is_floating_point() else t.cpu().numpy()
+                                           for t in ref)))
+            d = base.parity(g, r) if hasattr(base, "parity") else {k: max_abs_diff(g[k], r[k]) for k in g}
+            for k, v in d.items():
+                parity[k] = max(parity.get(k, v), v) if not k.startswith("min_") else min(parity.get(k, v), v)
+        return {
+            "model_file": MODEL_FILE, "options": opts,
+            "compile": {"export_seconds": round(t_export, 2), "compile_seconds": round(t_compile, 2),
+                        "torch": torch.__version__, "device_type": dev.type, "probe_batches": batches,
+                        "origin_hw_range": list(ORIGIN_RANGE) if hw == "origin" else None},
+            "parity_vs_eager": parity,
+        }
+
+    def load(self, engine_dir: Path, manifest: dict[str, Any], threads: int | None = None,
+             device: str | None = None) -> TensorRunner:
+        opts = manifest.get("options", {})
+        comp = manifest.get("compile", {})
+        dev = resolve_device(device or opts.get("device"), engine_dir)
+        built = comp.get("device_type", torch.device(opts.get("device", "cpu")).type)
+        if dev.type != built:
+            raise DeployzooError(f"{engine_dir}: this aoti engine was compiled for {built}; it cannot run on {dev} "
+                                 f"(rebuild with --device {dev})")
+        if comp.get("torch") and comp["torch"] != torch.__version__:
+            raise DeployzooError(f"{engine_dir}: compiled with torch {comp['torch']}, this is torch "
+                                 f"{torch.__version__}: AOTInductor packages need the same version (rebuild)")
+        if threads:
+            torch.set_num_threads(int(threads))
+        path = Path(engine_dir) / manifest["model_file"]
+        if not path.is_file():
+            raise DeployzooError(f"{path}: engine package missing")
+        try:
+            if dev.type == "cuda":
+                compiled = torch._inductor.aoti_load_package(str(path), device_index=dev.index or 0)
+            else:
+                compiled = torch._inductor.aoti_load_package(str(path))
+        except Exception as exc:  # noqa: BLE001
+            raise DeployzooError(f"{path}: cannot load the AOTInductor package: {str(exc).splitlines()[0][:200]}") from None
+        rng = comp.get("origin_hw_range")
+
+        def fn(*ts: torch.Tensor) -> Any:
+            if rng:
+                h, w = ts[0].shape[2:]
+                if max(h, w) > rng[1]:
+                    raise DeployzooError(f"{engine_dir}: input {h}x{w} larger than the compiled H x W range "
+                                         f"{rng[0]}..{rng[1]}")
+                if min(h, w) < rng[0]:
+                    img = torch.nn.functional.pad(ts[0], (0, max(0, rng[0] - w), 0, max(0, rng[0] - h)))
+                    if img.dim() == 4 and ts[0].is_contiguous(memory_format=torch.channels_last):
+                        img = img.contiguous(memory_format=torch.channels_last)
+                    ts = (img, *ts[1:])
+            return compiled(*ts)
+
+        return TensorRunner(manifest, fn, dev, torch.float32, engine_dir)

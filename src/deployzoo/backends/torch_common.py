@@ -1,0 +1,217 @@
+"""What the PyTorch-based backends (eager `torch`, compiled `aoti`) share: device resolution, precision dtypes,
+channels-last, optional CUDA graphs per input shape, and a Runner that takes host arrays (`run`) or tensors already
+on its device (`run_tensors`, used by the GPU pipeline so that images never return to the host).
+
+Build options (the manifest's `options`) are the same for both backends, so that eager PyTorch is benchmarked
+with exactly the settings of the compiled engine beside it:
+
+- `device`: `cpu`, `cuda` or `cuda:N` (the engine's home; an AOTInductor package is compiled for one device type);
+- `tf32`: allow TF32 matmuls / convolutions for fp32 on CUDA (default on, as cuDNN and cuBLAS users expect on
+  Ampere and later; off gives true fp32);
+- `channels_last`: NHWC memory format for the network and its image input (default on for CUDA, off for CPU);
+- `cuda_graphs`: replay a captured CUDA graph per input shape after the first call (CUDA only; outputs whose
+  size depends on the data, as Mask R-CNN's detections, cannot be captured and are refused at build);
+- `opt_batch`: the batch a dynamic-batch engine is traced / tuned at (min <= opt <= max).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from deployzoo.engine import engine_feeds
+from deployzoo.errors import DeployzooError
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+OPTION_KEYS = ("device", "tf32", "channels_last", "cuda_graphs", "opt_batch")
+
+
+def resolve_device(device: str | None, where: str | Path = "--device") -> torch.device:
+    """`None`/`auto` -> cuda if present else cpu; `cuda:N` checked against the GPUs this process sees."""
+    if device in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(str(device))
+    except RuntimeError:
+        raise DeployzooError(f"{where}: unknown device {device!r} (cpu, cuda or cuda:N)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeployzooError(f"{where}: device {device} asked for, but no CUDA device is available here")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise DeployzooError(f"{where}: device {device} asked for, but only {torch.cuda.device_count()} CUDA "
+                                 "device(s) are visible")
+    elif dev.type != "cpu":
+        raise DeployzooError(f"{where}: device type {dev.type!r} is not supported (cpu, cuda or cuda:N)")
+    return dev
+
+
+def build_options(opts: dict[str, Any] | None, meta: dict[str, Any], where: str | Path) -> dict[str, Any]:
+    """Defaults filled in and checked; the result goes into the manifest as `options`."""
+    opts = {k: v for k, v in (opts or {}).items() if v is not None}
+    unknown = sorted(set(opts) - set(OPTION_KEYS))
+    if unknown:
+        raise DeployzooError(f"{where}: unknown build option(s) {', '.join(unknown)} (known: {', '.join(OPTION_KEYS)})")
+    dev = resolve_device(opts.get("device"), where)
+    cuda = dev.type == "cuda"
+    out = {
+        "device": str(dev),
+        "tf32": bool(opts.get("tf32", True)) and cuda,
+        "channels_last": bool(opts.get("channels_last", cuda)),
+        "cuda_graphs": bool(opts.get("cuda_graphs", False)),
+    }
+    if out["cuda_graphs"] and not cuda:
+        raise DeployzooError(f"{where}: --cuda-graphs needs a CUDA device (this build is for {dev})")
+    b = meta["batch"]
+    if b.get("dynamic"):
+        lo, hi = int(b.get("min", 1)), int(b.get("max", 64))
+        opt = int(opts.get("opt_batch") or min(max(lo, 8), hi))
+        if not lo <= opt <= hi:
+            raise DeployzooError(f"{where}: --opt-batch {opt} outside the engine's batch range {lo}..{hi}")
+        out["opt_batch"] = opt
+    elif opts.get("opt_batch") not in (None, b["size"]):
+        raise DeployzooError(f"{where}: --opt-batch {opts['opt_batch']} given for a fixed-batch engine (batch {b['size']})")
+    return out
+
+
+def check_graphable(module: torch.nn.Module, opts: dict[str, Any], where: str | Path) -> None:
+    """CUDA graphs replay fixed shapes: graphs with flat, data-dependent outputs (`output_axes`, e.g. Mask R-CNN's
+    detections after NMS) cannot be captured."""
+    if opts.get("cuda_graphs") and hasattr(module, "output_axes"):
+        raise DeployzooError(f"{where}: --cuda-graphs: this graph's output sizes depend on the data (detections "
+                             "after NMS), so it cannot be captured as a CUDA graph")
+
+
+def set_tf32(on: bool) -> None:
+    torch.backends.cuda.matmul.allow_tf32 = on
+    torch.backends.cudnn.allow_tf32 = on
+
+
+def peak_device_memory(device: torch.device) -> int | None:
+    return int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None
+
+
+class TensorRunner:
+    """A Runner around a torch callable `fn(*inputs) -> outputs`. Inputs are cast / laid out as the build said
+    (image in the engine's dtype and memory format, extra inputs as given); outputs come back float32 (floating
+    ones) on the runner's device from `run_tensors`, on the host as numpy from `run`."""
+
+    def __init__(self, manifest: dict[str, Any], fn: Callable[..., Sequence[torch.Tensor]], device: torch.device,
+                 input_dtype: torch.dtype, where: str | Path) -> None:
+        self.manifest = manifest
+        self.fn = fn
+        self.torch_device = device
+        self.device = str(device)
+        opts = manifest.get("options", {})
+        self.channels_last = bool(opts.get("channels_last"))
+        self.input_dtype = input_dtype
+        self.names = list(manifest["outputs"])
+        spec = manifest["input"]
+        self.image_name = spec.get("name", "images")
+        self.order = [self.image_name, *spec.get("extra_inputs", ())]
+        self.use_graphs = bool(opts.get("cuda_graphs")) and device.type == "cuda"
+        self._graphs: dict[tuple, tuple[Any, list[torch.Tensor], list[torch.Tensor]]] = {}
+        if device.type == "cuda":
+            set_tf32(bool(opts.get("tf32")))
+        self.where = where
+
+    # ------------------------------------------------------------------ tensors on the device
+    def _prepare(self, feeds: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        ts = []
+        for name in self.order:
+            t = feeds[name]
+            if t.device != self.torch_device:
+                t = t.to(self.torch_device, non_blocking=True)
+            if name == self.image_name:
+                t = t.to(self.input_dtype)
+                t = t.contiguous(memory_format=torch.channels_last) if self.channels_last else t.contiguous()
+            ts.append(t)
+        return ts
+
+    def _call(self, ts: list[torch.Tensor]) -> Sequence[torch.Tensor]:
+        if not self.use_graphs:
+            return self.fn(*ts)
+        key = tuple((tuple(t.shape), t.dtype) for t in ts)
+        g = self._graphs.get(key)
+        if g is None:
+            g = self._capture(ts)
+            self._graphs[key] = g
+        graph, static_in, static_out = g
+        for s, t in zip(static_in, ts):
+            s.copy_(t)
+        graph.replay()
+        return static_out
+
+    def _capture(self, ts: list[torch.Tensor]) -> tuple[Any, list[torch.Tensor], list[torch.Tensor]]:
+        """Warm up on a side stream (as torch.cuda.graphs requires), then capture one call on static buffers."""
+        static_in = [t.clone() for t in ts]
+        side = torch.cuda.Stream(self.torch_device)
+        side.wait_stream(torch.cuda.current_stream(self.torch_device))
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                self.fn(*static_in)
+        torch.cuda.current_stream(self.torch_device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_out = list(self.fn(*static_in))
+        log.info("%s: captured a CUDA graph for input shapes %s", self.where, [tuple(t.shape) for t in ts])
+        return graph, static_in, static_out
+
+    @torch.inference_mode()
+    def run_tensors(self, feeds: dict[str, torch.Tensor] | torch.Tensor) -> dict[str, torch.Tensor]:
+        """Graph inputs as tensors (any device; moved to the runner's) -> {output: tensor on the runner's device}.
+        With CUDA graphs the returned tensors are the graph's static outputs: valid until the next call."""
+        if isinstance(feeds, torch.Tensor):
+            feeds = {self.image_name: feeds}
+        feeds = dict(feeds)
+        img = feeds[self.image_name]
+        for extra in self.order[1:]:
+            if extra not in feeds:  # the defaults engine_feeds gives a host array (e.g. image_sizes)
+                host = engine_feeds(self.manifest["input"], np.zeros((img.shape[0], 1, *img.shape[2:]), np.float32))
+                feeds[extra] = torch.from_numpy(host[extra])
+        outs = self._call(self._prepare(feeds))
+        return {n: (o.float() if o.is_floating_point() else o) for n, o in zip(self.names, outs)}
+
+    def run(self, x: np.ndarray | dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        feeds = engine_feeds(self.manifest["input"], x)
+        pin = self.torch_device.type == "cuda"
+        ts = {k: (torch.from_numpy(np.ascontiguousarray(v)).pin_memory() if pin else torch.from_numpy(v))
+              for k, v in feeds.items()}
+        outs = self.run_tensors(ts)
+        return {n: o.cpu().numpy() for n, o in outs.items()}
+
+    def synchronize(self) -> None:
+        if self.torch_device.type == "cuda":
+            torch.cuda.synchronize(self.torch_device)
+
+    def peak_memory_bytes(self) -> int | None:
+        return peak_device_memory(self.torch_device)
+
+
+def autocast_wrap(module: torch.nn.Module, precision: str, device_type: str) -> torch.nn.Module:
+    """fp16 / bf16 as autocast around the whole deploy module: convolutions and matmuls run in the low precision,
+    while the decode tails the deploy wrappers write in float32 (`.float()` after the heads) stay float32."""
+    if precision == "fp32":
+        return module
+    return _Autocast(module, DTYPES[precision], device_type)
+
+
+class _Autocast(torch.nn.Module):
+    def __init__(self, inner: torch.nn.Module, dtype: torch.dtype, device_type: str) -> None:
+        super().__init__()
+        self.inner = inner
+        self.dtype = dtype
+        self.device_type = device_type
+        for attr in ("input_names", "output_axes"):
+            if hasattr(inner, attr):
+                setattr(self, attr, getattr(inner, attr))
+
+    def forward(self, *xs: torch.Tensor) -> Any:
+        with torch.autocast(self.device_type, dtype=self.dtype):
+            return self.inner(*xs)
