@@ -155,7 +155,8 @@ def test_bench_rows(mnet_random_fp32, image_dir):
         assert r["input_hw"] == [64, 64] and r["engine_peak_rss_mib"] >= 0
     e2e = [r for r in rows if r["mode"] == "e2e"]
     assert len(e2e) == 2 and e2e[0]["images"] == 4
-    assert all(e2e[0][f"{s}_ms_per_img"] > 0 for s in ("read", "pre", "infer", "post"))
+    assert all(e2e[0][f"{s}_ms_per_img"] > 0 for s in ("read", "decode", "pre", "infer", "post"))
+    assert e2e[0]["pipeline"] == "host"  # ORT: the host pipeline
 
 
 def test_agreement_ap_hand_case():

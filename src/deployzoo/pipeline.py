@@ -1,5 +1,6 @@
-"""The streaming inference pipeline shared by predict and bench --e2e: images are read and pre-processed in a
-thread pool (bounded prefetch), batched, run through the engine, post-processed, handed to a sink."""
+"""The host streaming inference pipeline shared by predict and bench --e2e: images are read, decoded and
+pre-processed in a thread pool (bounded prefetch), batched, run through the engine, post-processed, handed to a
+sink. pipeline_device.py is its GPU-resident twin (decode, pre- and post-processing on the engine's device)."""
 
 from __future__ import annotations
 
@@ -15,19 +16,20 @@ from typing import Any
 
 import numpy as np
 
-from deployzoo.data.images import ImageError, SourceItem, load_item
+from deployzoo.data.images import ImageError, SourceItem, decode_image, read_item_bytes
 from deployzoo.engine import check_batch, read_manifest
 from deployzoo.registry import get_backend, get_task
 from deployzoo.tasks.base import Prepared
 
 log = logging.getLogger(__name__)
 
-STAGES = ("read", "pre", "infer", "post")
+STAGES = ("read", "decode", "pre", "infer", "post")
 
 
 @dataclass
 class StageTimes:
-    """Seconds spent per stage, summed over calls. read/pre run in worker threads (their sums can exceed wall)."""
+    """Seconds spent per stage, summed over calls: read (file bytes), decode (bytes -> pixels), pre (network input),
+    infer, post. The stages that run in worker threads overlap inference (their sums can exceed wall time)."""
 
     seconds: dict[str, float] = field(default_factory=lambda: {s: 0.0 for s in STAGES})
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -55,19 +57,22 @@ def load_engine(engine_dir: str | Path, threads: int | None = None, device: str 
 def _load_one(item: SourceItem, task: Any, spec: dict[str, Any], times: StageTimes) -> tuple[SourceItem, Any, Any]:
     t0 = time.perf_counter()
     try:
-        img = load_item(item, spec.get("color", "BGR"))
+        data, label = read_item_bytes(item)
         t1 = time.perf_counter()
+        img = decode_image(data, label, spec.get("color", "BGR"))
+        t2 = time.perf_counter()
         prep = task.prepare(img, spec, item.meta)
     except ImageError as exc:  # unreadable, or unusable by the task (e.g. degenerate face landmarks)
         return item, None, str(exc)
     times.add("read", t1 - t0)
-    times.add("pre", time.perf_counter() - t1)
+    times.add("decode", t2 - t1)
+    times.add("pre", time.perf_counter() - t2)
     return item, (img, prep), None
 
 
 def prefetch(items: Iterable[SourceItem], task: Any, spec: dict[str, Any], times: StageTimes,
              workers: int = 4, depth: int = 16) -> Iterator[tuple[SourceItem, Any, Any]]:
-    """Decode + pre-process in a thread pool, at most `depth` images in flight, in source order."""
+    """Read + decode + pre-process in a thread pool, at most `depth` images in flight, in source order."""
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="dz-read") as pool:
         pending: deque[Future] = deque()
         it = iter(items)

@@ -18,6 +18,7 @@ from deployzoo.data.images import SourceItem
 from deployzoo.engine import write_json
 from deployzoo.errors import DeployzooError
 from deployzoo.pipeline import Loaded, StageTimes, load_engine, run_batches
+from deployzoo.pipeline_device import choose_pipeline, run_batches_device
 from deployzoo.progress import progress_bar
 from deployzoo.tasks.base import task_source
 
@@ -94,9 +95,14 @@ def predict(
     workers: int = 4,
     post: dict[str, Any] | None = None,
     show_progress: bool = True,
+    pipeline: str = "auto",
 ) -> PredictSummary:
+    """`pipeline`: 'host' (decode / pre / post on the CPU, pipeline.py), 'device' (on the runner's device,
+    pipeline_device.py; needs a tensor runner and a task with tensor hooks) or 'auto' (device when possible and the
+    runner is on CUDA, else host)."""
     loaded = engine if isinstance(engine, Loaded) else load_engine(engine, threads=threads, device=device)
     m, task = loaded.manifest, loaded.task
+    which = choose_pipeline(loaded, pipeline)
     formats = tuple(dict.fromkeys((*formats, *getattr(task, "always_formats", ()))))
     for fmt in formats:
         if fmt != "jsonl" and fmt not in task.formats:
@@ -151,8 +157,9 @@ def predict(
             bar.advance()
 
         try:
-            run_batches(loaded, todo, batch=batch, on_result=on_result, on_skip=on_skip, times=times,
-                        keep_image=save_img, workers=workers, post=merged)
+            run = run_batches_device if which == "device" else run_batches
+            run(loaded, todo, batch=batch, on_result=on_result, on_skip=on_skip, times=times,
+                keep_image=save_img, workers=workers, post=merged)
         finally:
             for w in writers.values():
                 w.close()
@@ -165,6 +172,7 @@ def predict(
     info["postprocess"] = merged
     info["source"] = str(Path(source))
     info["batch"] = batch
+    info["pipeline"] = which
     write_json(out_dir / SUMMARY_FILE, info)
     if summary.skipped:
         log.warning("%d of %d images skipped (unreadable or unusable); see %s", summary.skipped, len(items), skip_path)

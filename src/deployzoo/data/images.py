@@ -29,11 +29,25 @@ def read_image(path: str | Path, color: str = "BGR") -> np.ndarray:
     undecodable files raise ImageError naming the file.
     """
     p = Path(path)
+    return decode_image(read_file_bytes(p), str(p), color)
+
+
+def read_file_bytes(path: Path) -> np.ndarray:
+    """A file's bytes as a uint8 array; an unreadable file raises ImageError naming it."""
     try:
-        data = np.fromfile(p, dtype=np.uint8)
+        return np.fromfile(path, dtype=np.uint8)
     except OSError as exc:
-        raise ImageError(f"{p}: cannot read file ({exc.strerror or exc})") from None
-    return decode_image(data, str(p), color)
+        raise ImageError(f"{path}: cannot read file ({exc.strerror or exc})") from None
+
+
+def check_encoded(data: np.ndarray, label: str) -> None:
+    """The checks every decoder gets before decoding: empty file, JPEG without its end-of-image marker."""
+    if data.size == 0:
+        raise ImageError(f"{label}: empty file (0 bytes)")
+    if data.size >= 2 and data[0] == 0xFF and data[1] == 0xD8:
+        tail = data[-65536:].tobytes()
+        if b"\xff\xd9" not in tail:
+            raise ImageError(f"{label}: truncated JPEG (no end-of-image marker)")
 
 
 def decode_image(data: np.ndarray | bytes, label: str, color: str = "BGR") -> np.ndarray:
@@ -41,12 +55,7 @@ def decode_image(data: np.ndarray | bytes, label: str, color: str = "BGR") -> np
     `label` names the image in errors."""
     if isinstance(data, (bytes, bytearray, memoryview)):
         data = np.frombuffer(data, dtype=np.uint8)
-    if data.size == 0:
-        raise ImageError(f"{label}: empty file (0 bytes)")
-    if data.size >= 2 and data[0] == 0xFF and data[1] == 0xD8:
-        tail = data[-65536:].tobytes()
-        if b"\xff\xd9" not in tail:
-            raise ImageError(f"{label}: truncated JPEG (no end-of-image marker)")
+    check_encoded(data, label)
     img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     if img is None or img.size == 0:
         raise ImageError(f"{label}: not a decodable image")
@@ -76,9 +85,14 @@ class SourceItem:
 
 def load_item(item: SourceItem, color: str = "BGR") -> np.ndarray:
     """The decoded image of an item: from its in-memory bytes when it has them, else from its file."""
+    return decode_image(*read_item_bytes(item), color)
+
+
+def read_item_bytes(item: SourceItem) -> tuple[np.ndarray, str]:
+    """An item's encoded bytes (uint8 array) and the label that names it in errors; the pipelines' read stage."""
     if item.data is not None:
-        return decode_image(item.data, f"{item.path}[{item.name}]", color)
-    return read_image(item.path, color)
+        return np.frombuffer(item.data, dtype=np.uint8), f"{item.path}[{item.name}]"
+    return read_file_bytes(Path(item.path)), str(item.path)
 
 
 def wider_images_dir(root: Path) -> Path | None:

@@ -45,6 +45,17 @@ class Task(Protocol):
 # - open_format(fmt, out_dir, items, resume) -> writer with write(item, record) and close(): formats that need
 #   the whole item list up front (e.g. an N x D features array written by row).
 # - always_formats: formats predict writes whatever --format says.
+# Tensor hooks, for the device pipeline (pipeline_device.py: decode, pre- and post-processing on the engine's
+# device, torch tensors throughout; a task without them, or whose `infer` hook is set, runs the host pipeline):
+# - prepare_tensors(images, spec, metas) -> (batch, metas): `images` a list of uint8 3 x h x w RGB tensors on the
+#   device, `metas` the items' source metas; returns the N x C x H x W float32 network input on that device and
+#   the per-image metas post-processing needs (what `prepare` would have put in Prepared.meta).
+# - postprocess_tensors(outputs, metas, post) -> records: `outputs` the runner's output tensors on its device;
+#   does the selection there, batched (no per-image loop of tensor work), and copies only final results to the
+#   host; the records are those `postprocess` gives.
+# - tensor_spec_ok(spec) -> bool: whether the tensor hooks handle this engine input spec (default: yes).
+# face_detection and classification have them; face_recognition (landmark alignment, flip test) and
+# instance_segmentation (mask paste-back) keep the host pipeline.
 
 
 def demo_sets(eval_root: Path, calib_root: Path, marker: str,

@@ -1,4 +1,9 @@
-"""Face detection task (RetinaFace): official pre-processing, threshold / top-k / NMS / keep-top-k, writers."""
+"""Face detection task (RetinaFace): official pre-processing, threshold / top-k / NMS / keep-top-k, writers.
+
+Two pre-processing paths: numpy / OpenCV on the host (`preprocess`, `collate`) and torch on the engine's device
+(`prepare_tensors`, for the device pipeline). The selection is one batched torch routine (`select_tensors`) used by
+both: on the host's arrays (as CPU tensors) and on the engine's output tensors where they are. `select` is the
+per-image numpy / torchvision reference it is tested against."""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torchvision.ops import batched_nms
 
 from deployzoo.tasks.base import Prepared, demo_sets
@@ -70,10 +76,7 @@ def select(
     torchvision's NMS by extending x2/y2 by one pixel. Returns per image (boxes Kx4, scores K, landmarks Kx10),
     sorted by score.
     """
-    conf = float(post.get("conf", DEFAULT_POST["conf"]))
-    iou = float(post.get("iou", DEFAULT_POST["iou"]))
-    top_k = int(post.get("top_k", DEFAULT_POST["top_k"]))
-    max_det = int(post.get("max_det", DEFAULT_POST["max_det"]))
+    conf, iou, top_k, max_det = _post_params(post)
     sel_b, sel_s, sel_l, idx = [], [], [], []
     for i in range(scores.shape[0]):
         inds = np.flatnonzero(scores[i] > conf)
@@ -100,6 +103,107 @@ def select(
     return out
 
 
+def _post_params(post: dict[str, Any]) -> tuple[float, float, int, int]:
+    return (float(post.get("conf", DEFAULT_POST["conf"])), float(post.get("iou", DEFAULT_POST["iou"])),
+            int(post.get("top_k", DEFAULT_POST["top_k"])), int(post.get("max_det", DEFAULT_POST["max_det"])))
+
+
+def select_tensors(
+    boxes: torch.Tensor, scores: torch.Tensor, landmarks: torch.Tensor, post: dict[str, Any]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`select` for a whole batch in torch, on whatever device the tensors are (N x A x 4, N x A, N x A x 10).
+
+    Same semantics and the same result as `select`, index for index: score > conf; per image the top_k by score
+    (stable: equal scores keep anchor order); one batched NMS over all images with the image index as class and
+    the official +1 pixel convention; per image the first max_det by score. No loop over images. Returns the kept
+    (boxes K x 4, scores K, landmarks K x 10, image index K), ordered by image then by decreasing score.
+    """
+    conf, iou, top_k, max_det = _post_params(post)
+    n, a = scores.shape
+    dev = scores.device
+    scores, boxes, landmarks = scores.float(), boxes.float(), landmarks.float()
+    passed = scores > conf
+    masked = torch.where(passed, scores, torch.full_like(scores, -float("inf")))
+    order = torch.sort(masked, dim=1, descending=True, stable=True).indices
+    count = passed.sum(dim=1)
+    if top_k > 0:
+        count = count.clamp(max=top_k)
+    valid = torch.arange(a, device=dev)[None, :] < count[:, None]
+    img, rank = valid.nonzero(as_tuple=True)  # image-major, then by rank: the candidates of `select`, in its order
+    anchor = order[img, rank]
+    b, s, lm = boxes[img, anchor], scores[img, anchor], landmarks[img, anchor]
+    bt = b.clone()
+    bt[:, 2:] += 1.0
+    keep = batched_nms(bt, s, img, iou)
+    keep = keep[torch.sort(s[keep], descending=True, stable=True).indices]
+    keep = keep[torch.sort(img[keep], stable=True).indices]  # by image, by score within an image
+    if max_det > 0 and keep.numel():
+        ki = img[keep]
+        per = torch.bincount(ki, minlength=n)
+        start = torch.cumsum(per, 0) - per
+        keep = keep[(torch.arange(keep.numel(), device=dev) - start[ki]) < max_det]
+    return b[keep], s[keep], lm[keep], img[keep]
+
+
+def _records(b: np.ndarray, s: np.ndarray, lm: np.ndarray, img: np.ndarray,
+             metas: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per-image records (original pixels) from the selection's flat host arrays, ordered by image."""
+    ends = np.cumsum(np.bincount(img, minlength=len(metas)))[: len(metas)]
+    starts = np.concatenate([[0], ends[:-1]])
+    records = []
+    for lo, hi, meta in zip(starts, ends, metas):
+        r = meta["scale"]
+        bi = b[lo:hi] / r
+        li = (lm[lo:hi] / r).reshape(-1, 5, 2)
+        si = s[lo:hi]
+        records.append(
+            {
+                "boxes": np.round(bi.astype(np.float64), 2).tolist(),
+                "scores": np.round(si.astype(np.float64), 6).tolist(),
+                "landmarks": np.round(li.astype(np.float64), 2).tolist(),
+                "_raw": (bi, si),
+            }
+        )
+    return records
+
+
+def _host_tensor(a: np.ndarray) -> torch.Tensor:
+    a = np.ascontiguousarray(a)
+    return torch.from_numpy(a if a.flags.writeable else a.copy())
+
+
+def prepare_tensors(images: list[torch.Tensor], spec: dict[str, Any],
+                    metas: list[dict[str, Any] | None] | None = None) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+    """`preprocess` + `collate` in torch on the images' device: uint8 3 x h x w RGB tensors -> N x 3 x H x W
+    float32 in the spec's channel order (BGR for RetinaFace) minus mean, each image at the top-left of a zero
+    canvas: the batch's largest size (`imgsz` origin) or `imgsz` [H, W] after an aspect-preserving resize
+    (bilinear, half-pixel centres, no antialiasing, rounded to integer levels as cv2.INTER_LINEAR on uint8: equal to
+    within one grey level)."""
+    dev = images[0].device
+    imgsz = spec.get("imgsz", "origin")
+    mean = torch.tensor(spec.get("mean", (104.0, 117.0, 123.0)), dtype=torch.float32, device=dev).view(3, 1, 1)
+    bgr = str(spec.get("color", "BGR")).upper() == "BGR"
+    sizes = [(int(im.shape[1]), int(im.shape[2])) for im in images]
+    if imgsz == "origin":
+        hw = (max(h for h, _ in sizes), max(w for _, w in sizes))
+    else:
+        hw = (int(imgsz[0]), int(imgsz[1]))
+    out = torch.zeros((len(images), 3, *hw), dtype=torch.float32, device=dev)
+    out_metas = []
+    for i, (im, (h, w)) in enumerate(zip(images, sizes)):
+        x = im.flip(0) if bgr else im
+        r = 1.0
+        if imgsz != "origin":
+            r = min(hw[0] / h, hw[1] / w)
+            nh, nw = max(1, int(round(h * r))), max(1, int(round(w * r)))
+            if (nh, nw) != (h, w):
+                x = F.interpolate(x[None].float(), size=(nh, nw), mode="bilinear", align_corners=False,
+                                  antialias=False)[0].round_().clamp_(0, 255)
+        torch.sub(x, mean, out=out[i, :, : x.shape[1], : x.shape[2]])
+        out_metas.append({"scale": r, "orig_hw": (h, w)})
+    return out, out_metas
+
+
 class FaceDetectionTask:
     name = "face_detection"
     formats = ("widerface",)
@@ -117,21 +221,23 @@ class FaceDetectionTask:
     def postprocess(
         self, outputs: dict[str, np.ndarray], metas: list[dict[str, Any]], post: dict[str, Any]
     ) -> list[dict[str, Any]]:
-        per_image = select(outputs["boxes"], outputs["scores"], outputs["landmarks"], post)
-        records = []
-        for (b, s, lm), meta in zip(per_image, metas):
-            r = meta["scale"]
-            b = b / r
-            lm = (lm / r).reshape(-1, 5, 2)
-            records.append(
-                {
-                    "boxes": np.round(b.astype(np.float64), 2).tolist(),
-                    "scores": np.round(s.astype(np.float64), 6).tolist(),
-                    "landmarks": np.round(lm.astype(np.float64), 2).tolist(),
-                    "_raw": (b, s),
-                }
-            )
-        return records
+        sel = select_tensors(*(_host_tensor(outputs[k]) for k in ("boxes", "scores", "landmarks")), post)
+        return _records(*(t.numpy() for t in sel), metas)
+
+    # tensor hooks: the device pipeline (pipeline_device.py)
+    def prepare_tensors(self, images: list[torch.Tensor], spec: dict[str, Any],
+                        metas: list[dict[str, Any] | None] | None = None) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+        return prepare_tensors(images, spec, metas)
+
+    def postprocess_tensors(self, outputs: dict[str, torch.Tensor], metas: list[dict[str, Any]],
+                            post: dict[str, Any]) -> list[dict[str, Any]]:
+        """The batched selection on the device; only the kept detections come to the host."""
+        sel = select_tensors(outputs["boxes"], outputs["scores"], outputs["landmarks"], post)
+        return _records(*(t.cpu().numpy() for t in sel), metas)
+
+    def tensor_spec_ok(self, spec: dict[str, Any]) -> bool:
+        sz = spec.get("imgsz", "origin")
+        return sz == "origin" or (isinstance(sz, (list, tuple)) and len(sz) == 2)
 
     def write_format(self, fmt: str, name: str, record: dict[str, Any], out_dir: Path) -> None:
         if fmt != "widerface":

@@ -6,6 +6,9 @@ Sources it reads (besides a folder of already aligned 112x112 crops):
 - a landmarks file in the same format (`name x1 y1 ... x5 y5 [score]`, names relative to the file);
 - a RetinaFace `predictions.jsonl` from `deployzoo predict retinaface` (one row per detected face);
 - a verification `.bin` set (aligned faces as JPEG bytes, e.g. lfw.bin).
+
+It has no tensor hooks (tasks/base.py): alignment and the flip test run on the host pipeline (`--pipeline
+device` is refused with a one-line error).
 """
 
 from __future__ import annotations

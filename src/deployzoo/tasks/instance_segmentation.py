@@ -1,7 +1,10 @@
 """Instance segmentation task (Mask R-CNN on COCO): keep-ratio resize to 800 x 1333 and normalisation in the
 weights' convention, batches of different sizes padded to a multiple of 32, 28 x 28 mask probabilities pasted
 back into the original image, binarised, RLE-encoded one at a time (nothing holds all full-size masks of an image
-or a dataset), class indices mapped to COCO category ids, COCO results json, and the run integration."""
+or a dataset), class indices mapped to COCO category ids, COCO results json, and the run integration.
+
+It has no tensor hooks (tasks/base.py): it runs the host pipeline (`--pipeline device` is refused with a
+one-line error)."""
 
 from __future__ import annotations
 
