@@ -1,5 +1,11 @@
 """`deployzoo bench` (the seeds' mm_run / perf.sh): engine-only throughput and latency percentiles per batch size,
-and with --e2e the stage split read / pre-process / infer / post-process on real files."""
+and with --e2e the stage split read / pre-process / infer / post-process on real files.
+
+Engine-only timing has two modes: `device` (runners with `run_tensors`: the input already on the engine's device,
+CUDA events on the worker's stream on a GPU, wall clock + synchronize on the CPU: inference only) and `host`
+(`runner.run` on a host array: copies in and out included; the only mode for ONNX Runtime). `streams` N > 1 runs N
+concurrent workers (threads, one CUDA stream each on a GPU) released together by a barrier: throughput is all
+images over the wall time of the concurrent section, latency percentiles are over every request of every stream."""
 
 from __future__ import annotations
 
@@ -8,6 +14,8 @@ import logging
 import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +23,7 @@ from typing import Any
 import numpy as np
 import psutil
 
-from deployzoo.engine import batch_allows, machine, now_iso, versions
+from deployzoo.engine import batch_allows, engine_feeds, gpu_info, machine, now_iso, versions
 from deployzoo.errors import DeployzooError
 from deployzoo.pipeline import STAGES, StageTimes, load_engine, run_batches
 from deployzoo.progress import progress_bar
@@ -24,6 +32,14 @@ from deployzoo.tasks.base import task_source
 log = logging.getLogger(__name__)
 
 DEFAULT_ORIGIN_HW = (640, 640)
+TIMINGS = ("device", "host")
+TIMED = {
+    "device-cuda": "run_tensors on an input already on the GPU (engine dtype and layout), CUDA events on the worker's "
+                   "stream around each call: inference only, no host copies",
+    "device-cpu": "run_tensors on an input tensor already in place (engine dtype and layout), wall clock around each "
+                  "call + synchronize: inference only, no host copies",
+    "host": "runner.run on a host array: host->engine copy, inference, outputs back on the host",
+}
 
 
 class RssSampler:
@@ -70,7 +86,19 @@ class BenchConfig:
     imgsz: tuple[int, int] | None = None  # for original-size engines
     e2e_source: str | Path | None = None
     e2e_limit: int | None = None
+    pipeline: str = "auto"  # --e2e: auto | host | device (pipeline_device.choose_pipeline)
     min_seconds: float = 0.0
+    timing: str | None = None  # device | host; None: device where the runner takes tensors, else host
+    streams: int = 1
+
+
+def check_config(cfg: BenchConfig) -> None:
+    if cfg.timing not in (None, "auto", *TIMINGS):
+        raise DeployzooError(f"--timing {cfg.timing!r}: expected one of {', '.join(TIMINGS)}")
+    if not isinstance(cfg.streams, int) or cfg.streams < 1:
+        raise DeployzooError(f"--streams {cfg.streams!r}: expected a positive integer (concurrent workers)")
+    if cfg.iters < 1 or cfg.warmup < 0:
+        raise DeployzooError(f"--iters {cfg.iters} / --warmup {cfg.warmup}: need iters >= 1 and warmup >= 0")
 
 
 def input_hw(manifest: dict[str, Any], imgsz: tuple[int, int] | None) -> tuple[int, int]:
@@ -86,6 +114,7 @@ def engine_label(m: dict[str, Any]) -> str:
 
 def bench_engine(engine_dir: str | Path, cfg: BenchConfig) -> list[dict[str, Any]]:
     """One row per batch size the engine accepts (engine-only), plus e2e rows when cfg.e2e_source is set."""
+    check_config(cfg)
     gc.collect()
     base_rss = psutil.Process().memory_info().rss
     rows: list[dict[str, Any]] = []
@@ -104,12 +133,14 @@ def bench_engine(engine_dir: str | Path, cfg: BenchConfig) -> list[dict[str, Any
         for b in sorted(set(cfg.batches) - set(ok)):
             log.info("%s: batch %d not supported by this engine, skipped", engine_dir, b)
         with progress_bar(f"bench {engine_label(m)} {m['backend']} {m['precision']}",
-                          len(ok) * (cfg.warmup + cfg.iters)) as bar:
+                          len(ok) * cfg.streams * (cfg.warmup + cfg.iters)) as bar:
             for b in ok:
                 rows.append(_time_batch(loaded.runner, b, hw, cfg, rng, bar, common))
         if cfg.e2e_source is not None:
             rows.extend(_bench_e2e(loaded, cfg, common))
+    dev_info = gpu_info(loaded.runner.device)  # after the timed loops: the clocks and temperature under load
     for r in rows:
+        r["device_info"] = dev_info
         r["engine_peak_rss_mib"] = round((rss.peak - base_rss) / 2**20, 1)
         r["process_peak_rss_mib"] = round(rss.peak / 2**20, 1)
         dev_peak = loaded.runner.peak_memory_bytes()
@@ -118,31 +149,112 @@ def bench_engine(engine_dir: str | Path, cfg: BenchConfig) -> list[dict[str, Any
     return rows
 
 
+def timing_mode(runner: Any, asked: str | None) -> str:
+    """`device` where the runner takes tensors on its device (`run_tensors`) and host was not asked, else `host`."""
+    tensors = hasattr(runner, "run_tensors")
+    if asked == "device" and not tensors:
+        log.info("%s: no device-tensor path (ONNX Runtime takes host arrays): host timing", type(runner).__name__)
+    return "device" if tensors and asked != "host" else "host"
+
+
+def _device_input(runner: Any, x: np.ndarray) -> dict[str, Any]:
+    """Every graph input as a tensor on the runner's device, the image in the engine's dtype and memory format."""
+    import torch
+
+    host = engine_feeds(runner.manifest["input"], x)
+    feeds = {k: torch.from_numpy(np.ascontiguousarray(v)).to(runner.torch_device) for k, v in host.items()}
+    img = feeds[runner.image_name].to(getattr(runner, "input_dtype", torch.float32))
+    fmt = torch.channels_last if getattr(runner, "channels_last", False) else torch.contiguous_format
+    feeds[runner.image_name] = img.contiguous(memory_format=fmt)
+    return feeds
+
+
 def _time_batch(runner: Any, b: int, hw: tuple[int, int], cfg: BenchConfig, rng: np.random.Generator, bar: Any,
                 common: dict[str, Any]) -> dict[str, Any]:
+    import torch
+
     spec = runner.manifest["input"]  # random pixels, normalised as the engine's real inputs are
     mean = np.asarray(spec.get("mean", [0.0] * 3), dtype=np.float32).reshape(1, 3, 1, 1)
     std = np.asarray(spec.get("std", [1.0] * 3), dtype=np.float32).reshape(1, 3, 1, 1)
     x = np.ascontiguousarray((rng.random((b, 3, *hw), dtype=np.float32) * 255.0 - mean) / std, dtype=np.float32)
-    for _ in range(cfg.warmup):
-        runner.run(x)
-        bar.advance()
-    lat: list[float] = []
-    t_all = time.perf_counter()
-    while len(lat) < cfg.iters or (time.perf_counter() - t_all) < cfg.min_seconds:
-        t0 = time.perf_counter()
-        runner.run(x)
-        lat.append(time.perf_counter() - t0)
-        bar.advance()
-    total = time.perf_counter() - t_all
+    timing = timing_mode(runner, cfg.timing)
+    tdev = getattr(runner, "torch_device", None)
+    cuda = tdev is not None and tdev.type == "cuda"  # torch streams / events; ORT on CUDA runs its own stream
+    sync = getattr(runner, "synchronize", lambda: None)
+    n = cfg.streams
+    inputs = [_device_input(runner, x) if timing == "device" else x.copy() for _ in range(n)]
+    call = runner.run_tensors if timing == "device" else runner.run
+    sync()
+    if n > 1:  # the first call (lazy init, CUDA graph capture) is not thread-safe: made alone, untimed
+        call(inputs[0])
+        sync()
+    t_start = [0.0]
+
+    def released() -> None:  # run once, when every worker has warmed up: the concurrent section starts
+        sync()
+        t_start[0] = time.perf_counter()
+
+    barrier = threading.Barrier(n, action=released)
+
+    def worker(i: int) -> list[float]:
+        stream = torch.cuda.Stream(tdev) if cuda else None
+        events = [torch.cuda.Event(enable_timing=True) for _ in range(2)] if cuda and timing == "device" else None
+        lat: list[float] = []
+        try:
+            with torch.cuda.stream(stream) if stream is not None else nullcontext():
+                for _ in range(cfg.warmup):
+                    call(inputs[i])
+                    bar.advance()
+                if stream is not None:
+                    stream.synchronize()
+                barrier.wait()
+                while len(lat) < cfg.iters or (time.perf_counter() - t_start[0]) < cfg.min_seconds:
+                    if events is not None:
+                        events[0].record(stream)
+                        call(inputs[i])
+                        events[1].record(stream)
+                        events[1].synchronize()  # this stream only: the other workers keep running
+                        lat.append(events[0].elapsed_time(events[1]) / 1000.0)
+                    else:
+                        t0 = time.perf_counter()
+                        call(inputs[i])
+                        if timing == "device":
+                            sync()
+                        lat.append(time.perf_counter() - t0)
+                    bar.advance()
+        except BaseException:
+            barrier.abort()  # release the others instead of leaving them at the barrier
+            raise
+        return lat
+
+    if n == 1:
+        per_stream = [worker(0)]
+    else:
+        with ThreadPoolExecutor(max_workers=n, thread_name_prefix="bench-stream") as ex:
+            futs = [ex.submit(worker, i) for i in range(n)]
+            errs = [e for e in (f.exception() for f in futs) if e is not None]
+        if errs:  # the first real failure, not the BrokenBarrierError it caused in the other workers
+            raise next((e for e in errs if not isinstance(e, threading.BrokenBarrierError)), errs[0])
+        per_stream = [f.result() for f in futs]
+    sync()
+    wall = time.perf_counter() - t_start[0]
+    lat = [t for s in per_stream for t in s]
+    timed = TIMED["host" if timing == "host" else "device-cuda" if cuda else "device-cpu"]
+    if n > 1:
+        timed += (f"; {n} concurrent streams (threads{', one CUDA stream each' if cuda else ''}): throughput = all "
+                  "images / wall time of the concurrent section, latency over every request")
     return {
-        **common, "mode": "engine", "batch": b, "iters": len(lat), "warmup": cfg.warmup,
-        "throughput_ips": b * len(lat) / total, **latency_stats(lat),
-        "timed": "runner.run on a host array: host->engine copy, inference, outputs back on the host",
+        **common, "mode": "engine", "batch": b, "timing": timing, "streams": n, "iters": len(lat),
+        "iters_per_stream": [len(s) for s in per_stream], "warmup": cfg.warmup, "wall_s": wall,
+        "throughput_ips": b * len(lat) / wall, **latency_stats(lat), "timed": timed,
     }
 
 
 def _bench_e2e(loaded: Any, cfg: BenchConfig, common: dict[str, Any]) -> list[dict[str, Any]]:
+    from deployzoo.pipeline_device import choose_pipeline, run_batches_device
+
+    which = choose_pipeline(loaded, cfg.pipeline)
+    run = run_batches_device if which == "device" else run_batches
     _, items = task_source(loaded.task, cfg.e2e_source)  # type: ignore[arg-type]
     if cfg.e2e_limit:
         items = items[: cfg.e2e_limit]
@@ -152,7 +264,7 @@ def _bench_e2e(loaded: Any, cfg: BenchConfig, common: dict[str, Any]) -> list[di
         if not batch_allows(m, b):
             continue
         # warm-up on the first batch of files
-        run_batches(loaded, items[:b], batch=b, on_result=lambda *a: None, on_skip=lambda *a: None, times=StageTimes())
+        run(loaded, items[:b], batch=b, on_result=lambda *a: None, on_skip=lambda *a: None, times=StageTimes())
         times = StageTimes()
         n = {"ok": 0, "skipped": 0}
         t0 = time.perf_counter()
@@ -163,14 +275,18 @@ def _bench_e2e(loaded: Any, cfg: BenchConfig, common: dict[str, Any]) -> list[di
         def skip(*_a: Any) -> None:
             n["skipped"] += 1
 
-        run_batches(loaded, items, batch=b, on_result=ok, on_skip=skip, times=times,
-                    workers=max(1, min(4, os.cpu_count() or 1)))
+        run(loaded, items, batch=b, on_result=ok, on_skip=skip, times=times,
+            workers=max(1, min(4, os.cpu_count() or 1)))
         wall = time.perf_counter() - t0
         per_img = {f"{s}_ms_per_img": 1000.0 * times.seconds[s] / max(1, n["ok"]) for s in STAGES}
+        timed = ("files on disk -> predictions in memory; " + (
+            f"device pipeline on {loaded.runner.device}: bytes read in reader threads, decode + pre on the device in a "
+            "producer thread (own CUDA stream on a GPU, each stage synchronized at its end) overlapped with infer + "
+            "post (batched on the device, results copied to the host)" if which == "device" else
+            "host pipeline: read + decode + pre in a thread pool overlapped with infer, post on the host"))
         rows.append({
-            **common, "mode": "e2e", "batch": b, "images": n["ok"], "skipped": n["skipped"],
-            "throughput_ips": n["ok"] / wall if wall > 0 else 0.0, "wall_s": wall, **per_img,
-            "timed": "files on disk -> predictions in memory; read+pre run in a thread pool overlapped with infer",
+            **common, "mode": "e2e", "batch": b, "pipeline": which, "images": n["ok"], "skipped": n["skipped"],
+            "throughput_ips": n["ok"] / wall if wall > 0 else 0.0, "wall_s": wall, **per_img, "timed": timed,
         })
     return rows
 
@@ -178,12 +294,15 @@ def _bench_e2e(loaded: Any, cfg: BenchConfig, common: dict[str, Any]) -> list[di
 def bench(engines: list[str | Path], cfg: BenchConfig) -> dict[str, Any]:
     if not engines:
         raise DeployzooError("bench: give at least one ENGINE_DIR")
+    check_config(cfg)
     rows: list[dict[str, Any]] = []
     for e in engines:
         rows.extend(bench_engine(e, cfg))
     return {
-        "created": now_iso(), "machine": machine(), "versions": versions(),
+        "created": now_iso(), "machine": machine(), "versions": versions(), "gpu": gpu_info(cfg.device),
         "config": {"batches": list(cfg.batches), "iters": cfg.iters, "warmup": cfg.warmup, "threads": cfg.threads,
+                   "timing": cfg.timing or "device where the engine takes device tensors, else host",
+                   "streams": cfg.streams,
                    "imgsz_for_origin_engines": list(cfg.imgsz or DEFAULT_ORIGIN_HW), "e2e_source": str(cfg.e2e_source) if cfg.e2e_source else None},
         "rows": rows,
     }

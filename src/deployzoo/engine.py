@@ -8,6 +8,7 @@ import json
 import os
 import platform
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -31,6 +32,86 @@ def versions() -> dict[str, str]:
             out[mod] = str(getattr(m, "__version__", "?"))
         except Exception:  # noqa: BLE001 - a missing optional package is recorded as absent
             out[mod] = "absent"
+    try:
+        import torch
+
+        out["cuda"] = str(torch.version.cuda or "none")
+        out["cudnn"] = str(torch.backends.cudnn.version() or "none") if torch.backends.cudnn.is_available() else "none"
+    except Exception:  # noqa: BLE001 - torch absent or broken: recorded above
+        pass
+    from importlib.metadata import PackageNotFoundError, version
+
+    for dist in ("timm", "torchao"):  # metadata only: importing timm costs seconds; key absent when not installed
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+# nvidia-smi --query-gpu field -> key in gpu_info (values "[N/A]" / "[Not Supported]" leave the key out)
+SMI_FIELDS = {"name": "name", "driver_version": "driver_version", "clocks.sm": "sm_clock_mhz",
+              "clocks.max.sm": "sm_clock_max_mhz", "clocks.mem": "mem_clock_mhz", "power.limit": "power_limit_w",
+              "temperature.gpu": "temperature_c", "persistence_mode": "persistence_mode"}
+
+
+def nvidia_smi(gpu_id: str | None = None, timeout: float = 10.0) -> dict[str, Any]:
+    """Clocks, power limit, temperature, driver of one GPU (`-i gpu_id`; without it, the only GPU) from nvidia-smi;
+    {} when nvidia-smi is absent, fails, times out, or lists several GPUs and none was named."""
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return {}
+    cmd = [exe, f"--query-gpu={','.join(SMI_FIELDS)}", "--format=csv,noheader,nounits",
+           *(["-i", gpu_id] if gpu_id else [])]
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    lines = [ln for ln in r.stdout.splitlines() if ln.strip()]
+    if r.returncode != 0 or len(lines) != 1:
+        return {}
+    vals = [v.strip() for v in lines[0].split(",")]
+    if len(vals) != len(SMI_FIELDS):
+        return {}
+    out: dict[str, Any] = {}
+    for key, v in zip(SMI_FIELDS.values(), vals):
+        if not v or v.strip("[]") in ("N/A", "Not Supported", "Unknown Error"):
+            continue
+        try:
+            f = float(v)
+            out[key] = int(f) if f.is_integer() else f
+        except ValueError:
+            out[key] = v
+    return out
+
+
+def gpu_info(device: Any = None) -> dict[str, Any]:
+    """What a benchmark on a GPU should record: name, compute capability, memory, CUDA runtime / cuDNN, and from
+    nvidia-smi the driver, clocks (SM now / max, memory), power limit, temperature, persistence mode. `device`:
+    None / "auto" (the current CUDA device), "cuda", "cuda:N" or N; {} without CUDA or for a non-CUDA device."""
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            return {}
+        dev = torch.device("cuda" if device in (None, "", "auto") else device)
+        if dev.type != "cuda":
+            return {}
+        idx = torch.cuda.current_device() if dev.index is None else dev.index
+        p = torch.cuda.get_device_properties(idx)
+    except Exception:  # noqa: BLE001 - an unusable CUDA setup records nothing rather than failing a bench
+        return {}
+    out: dict[str, Any] = {
+        "index": idx, "name": p.name, "compute_capability": f"{p.major}.{p.minor}",
+        "total_memory_mib": round(p.total_memory / 2**20), "multiprocessors": p.multi_processor_count,
+        "cuda_runtime": str(torch.version.cuda), "cudnn": str(torch.backends.cudnn.version()),
+    }
+    uuid = str(getattr(p, "uuid", "") or "")
+    # CUDA's index is not nvidia-smi's under CUDA_VISIBLE_DEVICES: name the GPU by UUID, else the machine's only GPU
+    if uuid and not uuid.startswith(("GPU-", "MIG-")):
+        uuid = f"GPU-{uuid}"
+    smi = (nvidia_smi(uuid) if uuid else {}) or nvidia_smi()
+    out.update({k: v for k, v in smi.items() if k != "name"})
     return out
 
 

@@ -21,13 +21,45 @@ def md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 def throughput_table(rows: list[dict[str, Any]]) -> str:
     eng = [r for r in rows if r["mode"] == "engine"]
     body = [
-        [r["model"], r["backend"], r["precision"], r["batch"], "x".join(map(str, r["input_hw"])),
-         round(r["throughput_ips"], 1), f"{r['p50_ms']:.1f}", f"{r['p90_ms']:.1f}", f"{r['p99_ms']:.1f}",
-         f"{r['max_ms']:.1f}", r["iters"], r["engine_peak_rss_mib"]]
+        [r["model"], r["backend"], r["precision"], r["batch"], "x".join(map(str, r["input_hw"])), r.get("streams", 1),
+         r.get("timing", "host"), round(r["throughput_ips"], 1), f"{r['p50_ms']:.1f}", f"{r['p90_ms']:.1f}",
+         f"{r['p99_ms']:.1f}", f"{r['max_ms']:.1f}", r["iters"], r["engine_peak_rss_mib"]]
         for r in eng
     ]
-    return md_table(["Model", "Backend", "Precision", "Batch", "Input", "Throughput (img/s)", "p50 ms", "p90 ms",
-                     "p99 ms", "max ms", "iters", "engine RSS MiB"], body)
+    return md_table(["Model", "Backend", "Precision", "Batch", "Input", "Streams", "Timing", "Throughput (img/s)",
+                     "p50 ms", "p90 ms", "p99 ms", "max ms", "iters", "engine RSS MiB"], body)
+
+
+TIMING_TEXT = {
+    "device": "`device` = one `run_tensors` call on an input already on the engine's device (CUDA events on the "
+              "worker's stream on a GPU, wall clock + synchronize on the CPU): inference only",
+    "host": "`host` = one `runner.run` on a host array (copy in, inference, copy out)",
+}
+
+
+GPU_FACTS = (("compute_capability", "sm {}"), ("total_memory_mib", "{} MiB"), ("driver_version", "driver {}"),
+             ("cuda_runtime", "CUDA {}"), ("cudnn", "cuDNN {}"), ("sm_clock_mhz", "SM clock {} MHz"),
+             ("sm_clock_max_mhz", "max {} MHz"), ("mem_clock_mhz", "memory clock {} MHz"),
+             ("power_limit_w", "power limit {} W"), ("temperature_c", "{} C"), ("persistence_mode", "persistence {}"))
+
+
+def gpu_line(g: dict[str, Any]) -> str:
+    """One line of GPU facts (bench's `gpu` / a row's `device_info`); "" without a GPU."""
+    if not g.get("name"):
+        return ""
+    return f"GPU: {g['name']} (" + ", ".join(fmt.format(g[k]) for k, fmt in GPU_FACTS if g.get(k) is not None) + ")."
+
+
+def timed_text(result: dict[str, Any]) -> str:
+    cfg, eng = result["config"], [r for r in result["rows"] if r["mode"] == "engine"]
+    modes = sorted({r.get("timing", "host") for r in eng} & set(TIMING_TEXT))
+    text = (f"Timed: each iteration is {'; '.join(TIMING_TEXT[t] for t in modes) or 'one engine call'}. "
+            f"{cfg['warmup']} warm-up iterations, then at least {cfg['iters']} timed per stream. Latency is per batch")
+    if any(r.get("streams", 1) > 1 for r in eng):
+        text += (" and per request over all streams; with N streams, N threads (one CUDA stream each on a GPU) run at "
+                 "once from a barrier and throughput is all images over the wall time of the concurrent section")
+    return text + (f". Threads: {cfg['threads'] or 'runtime default'}. Original-size engines are fed "
+                   f"{cfg['imgsz_for_origin_engines'][0]}x{cfg['imgsz_for_origin_engines'][1]}.")
 
 
 def e2e_table(rows: list[dict[str, Any]]) -> str:
@@ -35,33 +67,37 @@ def e2e_table(rows: list[dict[str, Any]]) -> str:
     if not e2e:
         return ""
     body = [
-        [r["model"], r["backend"], r["precision"], r["batch"], r["images"], round(r["throughput_ips"], 1),
-         f"{r['read_ms_per_img']:.1f}", f"{r['pre_ms_per_img']:.1f}", f"{r['infer_ms_per_img']:.1f}",
-         f"{r['post_ms_per_img']:.1f}"]
+        [r["model"], r["backend"], r["precision"], r["batch"], r.get("pipeline", "host"), r["images"],
+         round(r["throughput_ips"], 1),
+         *(f"{r.get(f'{s}_ms_per_img', 0.0):.1f}" for s in ("read", "decode", "pre", "infer", "post"))]
         for r in e2e
     ]
-    return md_table(["Model", "Backend", "Precision", "Batch", "Images", "e2e img/s", "read ms/img", "pre ms/img",
-                     "infer ms/img", "post ms/img"], body)
+    return md_table(["Model", "Backend", "Precision", "Batch", "Pipeline", "Images", "e2e img/s", "read ms/img",
+                     "decode ms/img", "pre ms/img", "infer ms/img", "post ms/img"], body)
 
 
 def bench_markdown(result: dict[str, Any]) -> str:
-    mach, ver, cfg = result["machine"], result["versions"], result["config"]
+    mach, ver = result["machine"], result["versions"]
     parts = [
         "## Throughput and latency (engine only)",
         throughput_table(result["rows"]),
         "",
-        f"Timed: each iteration is one `runner.run` on a host array (copy in, inference, copy out); "
-        f"{cfg['warmup']} warm-up iterations, then at least {cfg['iters']} timed. Latency is per batch. "
-        f"Threads: {cfg['threads'] or 'runtime default'}. Original-size engines are fed "
-        f"{cfg['imgsz_for_origin_engines'][0]}x{cfg['imgsz_for_origin_engines'][1]}.",
+        timed_text(result),
     ]
     e2e = e2e_table(result["rows"])
     if e2e:
         parts += ["", "## End to end (files -> predictions)", e2e, "",
-                  "read and pre run in a thread pool overlapped with infer; their per-image times are summed over threads."]
+                  "Host pipeline: read, decode and pre run in a thread pool overlapped with infer. Device pipeline: read "
+                  "in reader threads, decode and pre on the device in a producer thread overlapped with infer and post. "
+                  "Per-image times are summed over threads, so they can add up to more than the wall time."]
     warns = sorted({w for r in result["rows"] for w in r.get("warnings", [])})
     if warns:
         parts += ["", "**Warnings:** " + "; ".join(warns)]
+    # per engine, read after its timed loops (clocks and temperature under load); else the one bench() read first
+    gpus = [g for g in dict.fromkeys(gpu_line(r.get("device_info") or {}) for r in result["rows"]) if g]
+    gpus = gpus or [g for g in [gpu_line(result.get("gpu") or {})] if g]
+    if gpus:
+        parts += ["", *gpus]
     parts += ["", f"Machine: {mach['cpu']}, {mach['affinity_cores']} cores, {mach['memory_gib']} GiB. "
               f"Versions: " + ", ".join(f"{k} {v}" for k, v in ver.items() if k != "platform") + f". {result['created']}"]
     return "\n".join(parts) + "\n"
