@@ -214,3 +214,13 @@ def test_fixed_input_size_export_is_refused(tmp_path):
 
     with pytest.raises(DeployzooError, match=r"maskrcnn: pre-processing resizes each image itself .*--imgsz origin"):
         export_onnx("maskrcnn", tmp_path / "m.onnx", imgsz=[800, 1344])
+
+
+def test_aoti_refuses_a_dynamic_batch_graph_with_the_reason(mmdet_export, tmp_path):
+    """torch.export specialises the deploy graph's batch: a dynamic-batch aoti build says to export a fixed one."""
+    from deployzoo.build import build_engine
+    from deployzoo.errors import DeployzooError
+
+    with pytest.raises(DeployzooError, match="export with --batch N for a fixed-batch aoti engine"):
+        build_engine(mmdet_export.path, tmp_path / "aoti", backend="aoti", options={"device": "cpu"})
+    assert not (tmp_path / "aoti").exists()

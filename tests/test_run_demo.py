@@ -21,7 +21,7 @@ def test_run_demo_random_weights_and_rerun_reuses_stages(tmp_path):
     rep = json.loads((out / "report.json").read_text())
     assert RANDOM_WEIGHTS_WARNING in md and rep["warnings"] == [RANDOM_WEIGHTS_WARNING]
     assert "| Model | Precision | Easy | Medium | Hard |" in md
-    assert "| Model | Engine | Batch | Throughput (img/s) | p50 ms | p99 ms |" in md
+    assert "| Model | Engine | Batch | Throughput (img/s) | p50 ms | p99 ms | Timing |" in md
     assert set(rep["accuracy"]) == {"fp32", "int8"}
     assert {(r["backend"], r["precision"], r["batch"]) for r in rep["bench"]} == {
         (b, p, n) for b, p in [("torch", "fp32"), ("ort", "fp32"), ("ort", "int8")] for n in (1, 2)}

@@ -31,6 +31,23 @@ def _ints(text: str, what: str) -> tuple[int, ...]:
     return vals
 
 
+# build options of the PyTorch backends (torch, aoti): one definition, used by build / predict / run
+_TF32 = typer.Option(None, "--tf32/--no-tf32", help="[torch, aoti] TF32 matmuls/convs for fp32 on CUDA (default on).")
+_CHANNELS_LAST = typer.Option(None, "--channels-last/--no-channels-last",
+                              help="[torch, aoti] NHWC network and input (default: on for CUDA, off for CPU).")
+_CUDA_GRAPHS = typer.Option(None, "--cuda-graphs/--no-cuda-graphs",
+                            help="[torch, aoti] replay a CUDA graph per input shape (CUDA only; default off).")
+_OPT_BATCH = typer.Option(None, "--opt-batch", help="[aoti] batch a dynamic-batch engine is traced at (default 8).")
+
+
+def _build_opts(device: str | None, tf32: bool | None, channels_last: bool | None, cuda_graphs: bool | None,
+                opt_batch: int | None) -> dict[str, object]:
+    """The set build options (None = backend default); backends without options refuse any that is set."""
+    opts = {"device": device, "tf32": tf32, "channels_last": channels_last, "cuda_graphs": cuda_graphs,
+            "opt_batch": opt_batch}
+    return {k: v for k, v in opts.items() if v is not None}
+
+
 def _echo_json(obj: object) -> None:
     typer.echo(json.dumps(obj, indent=2, default=str))
 
@@ -59,7 +76,7 @@ def models() -> None:
                          size if isinstance(size, str) else "x".join(map(str, size)),
                          "x".join(map(str, s.seed_imgsz.get(v, []))) or "-", s.weights.get(v, "-")])
     typer.echo(md_table(["model", "variant", "task", "default input", "seed input", "official weights"], rows))
-    typer.echo(f"\nbackends: {', '.join(backend_names())}; precisions: fp32, fp16, int8 "
+    typer.echo(f"\nbackends: {', '.join(backend_names())}; precisions: fp32, fp16, bf16, int8 "
                "(aliases force_float32, force_float16, qint8_mixed_float16)")
 
 
@@ -91,8 +108,8 @@ def export(
 def build(
     onnx_path: Path = typer.Argument(..., help="ONNX file from `deployzoo export`."),
     output: Path = typer.Option(..., "-o", "--output", help="Engine directory to write."),
-    backend: str = typer.Option("ort", help="ort | torch."),
-    precision: str = typer.Option("fp32", help="fp32 | fp16 | int8 (or the seed names)."),
+    backend: str = typer.Option("ort", help="ort | torch | aoti (AOTInductor .pt2, compiled for --device)."),
+    precision: str = typer.Option("fp32", help="fp32 | fp16 | bf16 (torch, aoti) | int8 (ort) (or the seed names)."),
     calib: Optional[Path] = typer.Option(None, help="Calibration images (int8), separate from the evaluation set."),
     calib_size: int = typer.Option(64, help="Number of calibration images."),
     calib_method: str = typer.Option("minmax", help="minmax | entropy | percentile."),
@@ -100,12 +117,18 @@ def build(
     iou: Optional[float] = typer.Option(None, help="NMS IoU threshold (default 0.4)."),
     max_det: Optional[int] = typer.Option(None, help="Detections kept per image after NMS (default 750)."),
     top_k: Optional[int] = typer.Option(None, help="Candidates kept before NMS (default 5000)."),
+    device: Optional[str] = typer.Option(None, help="[torch, aoti] cpu | cuda | cuda:N (default: cuda if present)."),
+    tf32: Optional[bool] = _TF32,
+    channels_last: Optional[bool] = _CHANNELS_LAST,
+    cuda_graphs: Optional[bool] = _CUDA_GRAPHS,
+    opt_batch: Optional[int] = _OPT_BATCH,
 ) -> None:
     """Build an engine directory (model file + manifest.json) at a precision."""
     from deployzoo.build import build_engine
 
     out = build_engine(onnx_path, output, backend=backend, precision=precision, calib=calib, calib_size=calib_size,
-                       calib_method=calib_method, post={"conf": conf, "iou": iou, "max_det": max_det, "top_k": top_k})
+                       calib_method=calib_method, post={"conf": conf, "iou": iou, "max_det": max_det, "top_k": top_k},
+                       options=_build_opts(device, tf32, channels_last, cuda_graphs, opt_batch))
     typer.echo(f"wrote engine {out}")
 
 
@@ -136,6 +159,12 @@ def predict(
     iou: Optional[float] = typer.Option(None, help="NMS IoU override."),
     max_det: Optional[int] = typer.Option(None, help="Max detections override."),
     flip: Optional[bool] = typer.Option(None, "--flip/--no-flip", help="[face recognition] flip test (default on)."),
+    pipeline: str = typer.Option("auto", help="auto | host | device: decode / pre / post on the CPU (host) or on "
+                                 "the engine's device (torch-based backends; auto: device when on CUDA)."),
+    tf32: Optional[bool] = _TF32,
+    channels_last: Optional[bool] = _CHANNELS_LAST,
+    cuda_graphs: Optional[bool] = _CUDA_GRAPHS,
+    opt_batch: Optional[int] = _OPT_BATCH,
 ) -> None:
     """Run an engine (or a model, built on the fly) over images; write OUT/predictions.jsonl."""
     from deployzoo.cache import ensure_engine
@@ -146,12 +175,14 @@ def predict(
     if not Path(engine).exists() and engine.lower() in model_names():
         engine_dir = ensure_engine(engine, variant=variant, weights=weights, backend=backend, precision=precision,
                                    imgsz=imgsz, batch=None if dynamic_batch else (batch or 1), calib=calib,
-                                   calib_size=calib_size, calib_method=calib_method)
+                                   calib_size=calib_size, calib_method=calib_method,
+                                   options=_build_opts(device if backend in ("torch", "aoti") else None, tf32,
+                                                       channels_last, cuda_graphs, opt_batch))
         typer.echo(f"engine: {engine_dir}", err=True)
     else:
         engine_dir = Path(engine)
     s = run_predict(engine_dir, source, output, batch=batch, formats=formats, save_img=save_img, resume=resume,
-                    overwrite=overwrite, threads=threads, device=device,
+                    overwrite=overwrite, threads=threads, device=device, pipeline=pipeline,
                     post={"conf": conf, "iou": iou, "max_det": max_det, "flip": flip})
     typer.echo(f"{s.written} images predicted ({s.resumed} already done, {s.skipped} skipped as unreadable or "
                f"unusable) in {s.seconds:.1f}s -> {s.out_dir}/predictions.jsonl")
@@ -284,13 +315,19 @@ def bench(
     threads: Optional[int] = typer.Option(None, help="Runtime threads (default: runtime's choice)."),
     device: Optional[str] = typer.Option(None, help="cpu | cuda:N."),
     imgsz: Optional[str] = typer.Option(None, help="Input H W for original-size engines (default 640 640)."),
+    timing: Optional[str] = typer.Option(None, help="device (input already on the engine's device, CUDA events on a "
+                                         "GPU) | host (host arrays, copies timed; ORT always). Default: device where "
+                                         "the engine takes device tensors."),
+    streams: int = typer.Option(1, help="Concurrent workers (threads, one CUDA stream each on a GPU); throughput is "
+                                "their aggregate."),
     e2e: bool = typer.Option(False, "--e2e", help="Also time files -> predictions with the stage split."),
     source: Optional[Path] = typer.Option(None, help="Images for --e2e."),
     limit: Optional[int] = typer.Option(None, help="At most this many --e2e images."),
+    pipeline: str = typer.Option("auto", help="--e2e pipeline: auto | host | device (as predict --pipeline)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the full result as JSON."),
     md_out: Optional[Path] = typer.Option(None, "--md", help="Write the markdown tables."),
 ) -> None:
-    """Throughput (img/s) and latency percentiles per batch size; --e2e adds read/pre/infer/post."""
+    """Throughput (img/s) and latency percentiles per batch size (--streams concurrent); --e2e adds read/pre/infer/post."""
     from deployzoo.bench import BenchConfig
     from deployzoo.bench import bench as run_bench
     from deployzoo.engine import atomic_write_text, write_json
@@ -302,7 +339,7 @@ def bench(
     hw = parse_imgsz(imgsz) if imgsz else None
     cfg = BenchConfig(batches=_ints(batch, "--batch"), iters=iters, warmup=warmup, threads=threads, device=device,
                       imgsz=None if hw in (None, "origin") else tuple(hw), e2e_source=source if e2e else None,
-                      e2e_limit=limit)
+                      e2e_limit=limit, timing=timing, streams=streams, pipeline=pipeline)
     result = run_bench([str(e) for e in engines], cfg)
     md = bench_markdown(result)
     typer.echo(md)
@@ -329,8 +366,14 @@ def run(
     calib: Optional[Path] = typer.Option(None, help="int8 calibration images (default: demo's calib split)."),
     calib_size: int = typer.Option(64),
     calib_method: str = typer.Option("minmax"),
-    backend: str = typer.Option("ort", help="Backend of the built engines."),
-    reference: bool = typer.Option(True, help="Also benchmark eager PyTorch (backend torch, fp32) as the peer."),
+    backend: str = typer.Option("ort", help="Backend of the built engines: ort | aoti | torch."),
+    reference: bool = typer.Option(True, help="Also benchmark eager PyTorch (backend torch, same build options; fp32, "
+                                   "and on CUDA each of fp16 / bf16 the run measures) as the peer."),
+    device: Optional[str] = typer.Option(None, help="cpu | cuda | cuda:N (default: cuda if present)."),
+    tf32: Optional[bool] = _TF32,
+    channels_last: Optional[bool] = _CHANNELS_LAST,
+    cuda_graphs: Optional[bool] = _CUDA_GRAPHS,
+    opt_batch: Optional[int] = _OPT_BATCH,
     imgsz: Optional[str] = typer.Option(None, help="'origin' (official WIDER protocol) or 'H W'."),
     bench_imgsz: Optional[str] = typer.Option(None, help="Benchmark input H W for origin-size engines (default: "
                                               "the model's, 640 640; Mask R-CNN 800 1344)."),
@@ -349,7 +392,8 @@ def run(
         precisions=tuple(canonical_precision(p) for p in precisions.split(",") if p.strip()),
         batches=_ints(batches, "--batches") if batches else None, predict_batch=predict_batch, data=data, gt=gt, calib=calib, calib_size=calib_size,
         calib_method=calib_method, backend=backend, reference=reference, imgsz=imgsz, bench_imgsz=bench_imgsz,
-        iters=iters, warmup=warmup, threads=threads, demo_images=demo_images,
+        iters=iters, warmup=warmup, threads=threads, demo_images=demo_images, device=device,
+        build_options=_build_opts(None, tf32, channels_last, cuda_graphs, opt_batch),
     )
     rep = run_pipeline(cfg)
     typer.echo(rep.markdown)

@@ -48,6 +48,8 @@ class RunConfig:
     threads: int | None = None
     demo_images: int | None = None  # None: the task's default
     predict_batch: int | None = None  # None: the model's default
+    device: str | None = None  # cpu | cuda | cuda:N; None: cuda if present
+    build_options: dict[str, Any] = field(default_factory=dict)  # torch / aoti build options (torch_common)
 
 
 @dataclass
@@ -112,11 +114,19 @@ def run_pipeline(cfg: RunConfig) -> RunReport:
         calib_set = make_calib_set(calib_dir, cfg.calib_size, cfg.calib_method,
                                    exclude={str(i.path.resolve()) for i in eval_items}, task=task)
     warnings = [RANDOM_WEIGHTS_WARNING] if cfg.weights is None else []
+
+    def options(backend: str) -> dict[str, Any] | None:
+        """Build options for the PyTorch backends (the eager peer gets the engines' own); ORT takes none."""
+        if backend not in ("torch", "aoti"):
+            return None
+        return {**cfg.build_options, **({"device": cfg.device} if cfg.device else {})}
+
     acc_rows, stage_rows, accuracy, engines = [], [], {}, {}
     ref_dir: Path | None = None
     for prec in cfg.precisions:
         eng = ensure_engine(spec.name, variant=variant, weights=cfg.weights, backend=cfg.backend, precision=prec,
-                            imgsz=imgsz, batch=None, calib=calib_set if prec == "int8" else None, cache_dir=cache)
+                            imgsz=imgsz, batch=None, calib=calib_set if prec == "int8" else None, cache_dir=cache,
+                            options=options(cfg.backend))
         engines[prec] = eng
         m = read_manifest(eng)
         pred_dir = out / "predictions" / prec
@@ -130,7 +140,7 @@ def run_pipeline(cfg: RunConfig) -> RunReport:
             pred_dir.mkdir(parents=True, exist_ok=True)
             marker.write_text(key)
             predict(eng, data.source, pred_dir, batch=predict_batch, formats=("jsonl", *data.pred_formats),
-                    resume=same, overwrite=not same, threads=cfg.threads)
+                    resume=same, overwrite=not same, threads=cfg.threads, device=cfg.device)
             plot = out / f"{data.plot_name.lower()}_{prec}.png" if data.plot_name else None
             res = data.evaluate(pred_dir, plot, title=f"{spec.name} {variant} {prec}")
             _store(out / "stages" / f"eval-{prec}.json", key, res)
@@ -158,10 +168,17 @@ def run_pipeline(cfg: RunConfig) -> RunReport:
     bench_rows: list[dict[str, Any]] = []
     bench_targets = [(p, engines[p]) for p in cfg.precisions]
     if cfg.reference:
-        ref_eng = ensure_engine(spec.name, variant=variant, weights=cfg.weights, backend="torch", precision="fp32",
-                                imgsz=imgsz, batch=None, cache_dir=cache)
-        bench_targets.insert(0, ("fp32-eager", ref_eng))
-    bcfg = BenchConfig(batches=batches, iters=cfg.iters, warmup=cfg.warmup, threads=cfg.threads,
+        # the eager peer at fp32 and, on CUDA, at each low precision measured (autocast on the CPU is not a peer
+        # anyone ships); built with the engines' own options (device, channels-last, TF32, CUDA graphs)
+        from deployzoo.backends.torch_common import resolve_device
+
+        cuda = resolve_device(cfg.device).type == "cuda"
+        peer = ["fp32"] + [p for p in cfg.precisions if cuda and p in ("fp16", "bf16")]
+        for i, p in enumerate(peer):
+            ref_eng = ensure_engine(spec.name, variant=variant, weights=cfg.weights, backend="torch", precision=p,
+                                    imgsz=imgsz, batch=None, cache_dir=cache, options=options("torch"))
+            bench_targets.insert(i, (f"{p}-eager", ref_eng))
+    bcfg = BenchConfig(batches=batches, iters=cfg.iters, warmup=cfg.warmup, threads=cfg.threads, device=cfg.device,
                        imgsz=None if bench_hw in (None, "origin") else tuple(bench_hw))
     for label, eng in bench_targets:
         m = read_manifest(eng)
@@ -174,7 +191,8 @@ def run_pipeline(cfg: RunConfig) -> RunReport:
     plot_throughput(bench_rows, out / "throughput.png")
     # ---------------------------------------------------------------- report
     perf_rows = [[r["model"], f"{r['backend']} {r['precision']}", r["batch"], f"{r['throughput_ips']:.2f}",
-                  f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}"] for r in bench_rows if r["mode"] == "engine"]
+                  f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}", r.get("timing", "host")]
+                 for r in bench_rows if r["mode"] == "engine"]
     hw = bench_rows[0]["input_hw"] if bench_rows else None
     post = read_manifest(engines[cfg.precisions[0]])["postprocess"]
     md = [f"# deployzoo run: {spec.name} {variant}", ""]
@@ -196,8 +214,11 @@ def run_pipeline(cfg: RunConfig) -> RunReport:
                md_table(["Model", "Precision", "Batch", "img/s", *(f"{s} ms/img" for s in STAGES)], stage_rows), ""]
     md += [
         "## Throughput", f"Engine-only, input {hw[0]}x{hw[1]}, {cfg.warmup} warm-up + {cfg.iters} timed iterations per batch; "
-        f"threads: {cfg.threads or 'runtime default'}. `torch fp32` is eager PyTorch, the reference peer." if hw else "",
-        "", md_table(["Model", "Engine", "Batch", "Throughput (img/s)", "p50 ms", "p99 ms"], perf_rows), "",
+        f"threads: {cfg.threads or 'runtime default'}. `torch ...` rows are eager PyTorch, the reference peer (same "
+        "build options as the engines)." if hw else "",
+        "Timing `device`: input already on the engine's device, inference only (the PyTorch-based backends); "
+        "`host`: from a host array, copies in and out included (ONNX Runtime)." if hw else "",
+        "", md_table(["Model", "Engine", "Batch", "Throughput (img/s)", "p50 ms", "p99 ms", "Timing"], perf_rows), "",
         "Plots: " + "".join(f"[{data.plot_name} {p}]({data.plot_name.lower()}_{p}.png), " for p in cfg.precisions
                             if data.plot_name) + "[throughput](throughput.png)", "",
     ]
