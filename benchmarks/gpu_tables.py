@@ -116,7 +116,8 @@ for name in args.models.split(","):
         t0 = time.perf_counter()
         try:
             graphs = args.cuda_graphs and model != "maskrcnn" and args.device.startswith("cuda")
-            opts = {"device": args.device, "channels_last": args.device.startswith("cuda"), "cuda_graphs": graphs}
+            opts = {"device": args.device, "channels_last": args.device.startswith("cuda"), "cuda_graphs": graphs} \
+                if backend in ("torch", "aoti") else None  # ORT takes its device at load
             eng = ensure_engine(model, variant=variant, backend=backend, precision=prec, imgsz=imgsz,
                                 batch=None, cache_dir=out / "cache", options=opts)
             rec["build_seconds"] = round(time.perf_counter() - t0, 1)

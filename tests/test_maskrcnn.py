@@ -224,3 +224,17 @@ def test_aoti_refuses_a_dynamic_batch_graph_with_the_reason(mmdet_export, tmp_pa
     with pytest.raises(DeployzooError, match="export with --batch N for a fixed-batch aoti engine"):
         build_engine(mmdet_export.path, tmp_path / "aoti", backend="aoti", options={"device": "cpu"})
     assert not (tmp_path / "aoti").exists()
+
+
+def test_torch_runner_fills_image_sizes_for_tensor_inputs(mmdet_export, tmp_path):
+    """run_tensors given only the image batch passes each image's full size as `image_sizes`, as run() does."""
+    from deployzoo.build import build_engine
+    from deployzoo.pipeline import load_engine
+
+    r = load_engine(build_engine(mmdet_export.path, tmp_path / "t", backend="torch", options={"device": "cpu"})).runner
+    x = np.random.default_rng(0).standard_normal((1, 3, 320, 416)).astype(np.float32)
+    a = r.run(x)
+    b = r.run_tensors({"images": torch.from_numpy(x)})
+    assert a["boxes"].shape[0] > 0
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k].numpy())

@@ -70,22 +70,28 @@ def _load_one(item: SourceItem, task: Any, spec: dict[str, Any], times: StageTim
     return item, (img, prep), None
 
 
-def prefetch(items: Iterable[SourceItem], task: Any, spec: dict[str, Any], times: StageTimes,
-             workers: int = 4, depth: int = 16) -> Iterator[tuple[SourceItem, Any, Any]]:
-    """Read + decode + pre-process in a thread pool, at most `depth` images in flight, in source order."""
+def ordered_map(fn: Callable[[SourceItem], Any], items: Iterable[SourceItem], workers: int,
+                depth: int) -> Iterator[Any]:
+    """fn(item) for each item in a thread pool, at most `depth` items in flight, results in source order."""
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="dz-read") as pool:
         pending: deque[Future] = deque()
         it = iter(items)
         for item in it:
-            pending.append(pool.submit(_load_one, item, task, spec, times))
+            pending.append(pool.submit(fn, item))
             if len(pending) >= depth:
                 break
         while pending:
             fut = pending.popleft()
             nxt = next(it, None)
             if nxt is not None:
-                pending.append(pool.submit(_load_one, nxt, task, spec, times))
+                pending.append(pool.submit(fn, nxt))
             yield fut.result()
+
+
+def prefetch(items: Iterable[SourceItem], task: Any, spec: dict[str, Any], times: StageTimes,
+             workers: int = 4, depth: int = 16) -> Iterator[tuple[SourceItem, Any, Any]]:
+    """Read + decode + pre-process in a thread pool, at most `depth` images in flight, in source order."""
+    return ordered_map(lambda item: _load_one(item, task, spec, times), items, workers, depth)
 
 
 def run_batches(

@@ -38,9 +38,7 @@ import logging
 import queue
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,7 +50,7 @@ from deployzoo.data.images import ImageError, SourceItem, check_encoded, read_it
 from deployzoo.data.images import decode_image as host_decode_image
 from deployzoo.engine import check_batch
 from deployzoo.errors import DeployzooError
-from deployzoo.pipeline import Loaded, StageTimes, run_batches
+from deployzoo.pipeline import Loaded, StageTimes, ordered_map, run_batches
 
 log = logging.getLogger(__name__)
 
@@ -132,19 +130,7 @@ def _read_one(item: SourceItem, pin: bool, times: StageTimes) -> tuple[SourceIte
 def _read_prefetch(items: Iterable[SourceItem], pin: bool, times: StageTimes, workers: int,
                    depth: int) -> Iterator[tuple[SourceItem, _Encoded | None, str | None]]:
     """File bytes in a thread pool, at most `depth` files in flight, in source order."""
-    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="dz-read") as pool:
-        pending: deque[Future] = deque()
-        it = iter(items)
-        for item in it:
-            pending.append(pool.submit(_read_one, item, pin, times))
-            if len(pending) >= depth:
-                break
-        while pending:
-            fut = pending.popleft()
-            nxt = next(it, None)
-            if nxt is not None:
-                pending.append(pool.submit(_read_one, nxt, pin, times))
-            yield fut.result()
+    return ordered_map(lambda item: _read_one(item, pin, times), items, workers, depth)
 
 
 def _decode_fallback(enc: _Encoded, dev: torch.device) -> torch.Tensor:

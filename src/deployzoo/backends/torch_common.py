@@ -128,10 +128,10 @@ class TensorRunner:
             t = feeds[name]
             if t.device != self.torch_device:
                 t = t.to(self.torch_device, non_blocking=True)
-            if name == self.image_name:
+            if name == self.image_name:  # compiled graphs assume the strides they were traced with
                 t = t.to(self.input_dtype)
                 t = t.contiguous(memory_format=torch.channels_last) if self.channels_last else t.contiguous()
-            ts.append(t)
+            ts.append(t.contiguous() if name != self.image_name else t)
         return ts
 
     def _call(self, ts: list[torch.Tensor]) -> Sequence[torch.Tensor]:
@@ -172,18 +172,16 @@ class TensorRunner:
         feeds = dict(feeds)
         img = feeds[self.image_name]
         for extra in self.order[1:]:
-            if extra not in feeds:  # the defaults engine_feeds gives a host array (e.g. image_sizes)
-                host = engine_feeds(self.manifest["input"], np.zeros((img.shape[0], 1, *img.shape[2:]), np.float32))
-                feeds[extra] = torch.from_numpy(host[extra])
+            if extra not in feeds:  # engine_feeds' default, without a host copy of the image
+                if extra != "image_sizes":
+                    raise DeployzooError(f"{self.where}: engine input {extra!r} needs a value (no default for it)")
+                feeds[extra] = torch.tensor([list(img.shape[2:])], dtype=torch.int64).repeat(img.shape[0], 1)
         outs = self._call(self._prepare(feeds))
         return {n: (o.float() if o.is_floating_point() else o) for n, o in zip(self.names, outs)}
 
     def run(self, x: np.ndarray | dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         feeds = engine_feeds(self.manifest["input"], x)
-        pin = self.torch_device.type == "cuda"
-        ts = {k: (torch.from_numpy(np.ascontiguousarray(v)).pin_memory() if pin else torch.from_numpy(v))
-              for k, v in feeds.items()}
-        outs = self.run_tensors(ts)
+        outs = self.run_tensors({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in feeds.items()})
         return {n: o.cpu().numpy() for n, o in outs.items()}
 
     def synchronize(self) -> None:
