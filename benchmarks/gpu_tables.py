@@ -78,7 +78,7 @@ def write_tables() -> None:
             eng = f"{r['backend']} {r['precision']}" + (" (eager)" if r["backend"] == "torch" else "")
             if r["mode"] == "engine":
                 rows.append([r["model"], eng, r["batch"], f"{r['throughput_ips']:.1f}", f"{r['p50_ms']:.2f}",
-                             f"{r['p99_ms']:.2f}"])
+                             f"{r['p99_ms']:.2f}", r.get("timing", "host")])
             else:
                 e2e.append([r["model"], eng, r["batch"], r.get("pipeline", "host"), f"{r['throughput_ips']:.1f}",
                             *(f"{r.get(f'{s}_ms_per_img', 0.0):.3f}" for s in ("read", "decode", "pre", "infer", "post"))])
@@ -88,7 +88,9 @@ def write_tables() -> None:
     md = ["# GPU tables (benchmarks/gpu_tables.py)", "", f"Created {now_iso()}. Device: "
           + (", ".join(f"{k} {v}" for k, v in gpu.items()) or str(mach.get("args", {}).get("device"))) + ". Versions: "
           + ", ".join(f"{k} {v}" for k, v in ver.items() if k != "platform") + ".", "",
-          md_table(["Model", "Precision", "Batch", "Throughput (img/s)", "p50 ms", "p99 ms"], rows), ""]
+          md_table(["Model", "Precision", "Batch", "Throughput (img/s)", "p50 ms", "p99 ms", "Timing"], rows), "",
+          "Timing `device`: input already on the engine's device, inference only (CUDA events on a GPU); `host`: "
+          "from a host array, copies included (ONNX Runtime). e2e stage columns are ms per image.", ""]
     if e2e:
         md += ["End to end (files -> predictions):", "",
                md_table(["Model", "Engine", "Batch", "Pipeline", "img/s", "read", "decode", "pre", "infer", "post"],

@@ -167,7 +167,7 @@ def run_pipeline(cfg: RunConfig) -> RunReport:
     # ---------------------------------------------------------------- bench
     bench_rows: list[dict[str, Any]] = []
     bench_targets = [(p, engines[p]) for p in cfg.precisions]
-    if cfg.reference:
+    if cfg.reference and cfg.backend != "torch":  # (a torch run's engines are the eager peer already)
         # the eager peer at fp32 and, on CUDA, at each low precision measured (autocast on the CPU is not a peer
         # anyone ships); built with the engines' own options (device, channels-last, TF32, CUDA graphs)
         from deployzoo.backends.torch_common import resolve_device

@@ -40,7 +40,8 @@ INT8_MESSAGE = ("backend aoti: int8 on this backend needs a quantization path we
 
 
 class _ExportWrapper(torch.nn.Module):
-    """A fixed positional signature for torch.export (the deploy modules take one or two tensors)."""
+    """Tuple outputs and one signature for every deploy module (one or two input tensors): torch.export's
+    dynamic_shapes then nest under the single varargs entry."""
 
     def __init__(self, inner: torch.nn.Module) -> None:
         super().__init__()

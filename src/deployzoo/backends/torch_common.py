@@ -117,8 +117,7 @@ class TensorRunner:
         self.order = [self.image_name, *spec.get("extra_inputs", ())]
         self.use_graphs = bool(opts.get("cuda_graphs")) and device.type == "cuda"
         self._graphs: dict[tuple, tuple[Any, list[torch.Tensor], list[torch.Tensor]]] = {}
-        if device.type == "cuda":
-            set_tf32(bool(opts.get("tf32")))
+        self.tf32 = bool(opts.get("tf32")) if device.type == "cuda" else None
         self.where = where
 
     # ------------------------------------------------------------------ tensors on the device
@@ -135,6 +134,8 @@ class TensorRunner:
         return ts
 
     def _call(self, ts: list[torch.Tensor]) -> Sequence[torch.Tensor]:
+        if self.tf32 is not None:  # process-wide flags: set per call, so engines loaded side by side keep their own
+            set_tf32(self.tf32)
         if not self.use_graphs:
             return self.fn(*ts)
         key = tuple((tuple(t.shape), t.dtype) for t in ts)
