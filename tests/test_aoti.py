@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import FIXTURES, MNET_WEIGHTS, need_fixture, run_cli
 from deployzoo.bench import BenchConfig, bench_engine
 from deployzoo.build import build_engine
 from deployzoo.engine import read_manifest, write_json
@@ -18,6 +18,7 @@ from deployzoo.pipeline import load_engine
 from deployzoo.predict import iter_records, predict
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+COCO_IMAGES = FIXTURES / "coco128" / "images"
 
 
 @pytest.fixture(scope="module")
@@ -167,3 +168,33 @@ def test_run_with_the_aoti_backend(tmp_path):
     assert read_manifest(rep["engines"]["fp32"])["backend"] == "aoti"
     assert 0.0 <= rep["accuracy"]["fp32"]["top1"] <= 1.0
     assert "| aoti fp32 | 1 |" in (out / "report.md").read_text()
+
+
+@need_fixture(MNET_WEIGHTS)
+@need_fixture(COCO_IMAGES)
+@pytest.mark.slow
+def test_released_mnet_weights_same_faces_as_onnx_runtime(tmp_path):
+    """With trained weights scores are not near-tied: the compiled engine finds the same confident faces as ORT
+    on real photos (COCO128), a fixed 320 x 320 letterboxed engine."""
+    from deployzoo.export import export_onnx
+
+    onnx = export_onnx("retinaface", tmp_path / "m.onnx", variant="mobilenet0.25", weights=MNET_WEIGHTS,
+                       imgsz=[320, 320], batch=None).path
+    a = build_engine(onnx, tmp_path / "a", backend="aoti", options={"device": "cpu", "opt_batch": 4})
+    o = build_engine(onnx, tmp_path / "o", backend="ort")
+    src = tmp_path / "imgs"
+    src.mkdir()
+    for p in sorted(COCO_IMAGES.glob("*.jpg"))[:24]:
+        (src / p.name).symlink_to(p)
+    predict(a, src, tmp_path / "pa", batch=4)
+    predict(o, src, tmp_path / "po", batch=4)
+    ref = {r["image"]: r for r in iter_records(tmp_path / "po")}
+    faces = 0
+    for r in iter_records(tmp_path / "pa"):
+        want = [b for b, s in zip(ref[r["image"]]["boxes"], ref[r["image"]]["scores"]) if s >= 0.5]
+        got = [b for b, s in zip(r["boxes"], r["scores"]) if s >= 0.5]
+        assert len(got) == len(want), r["image"]
+        if want:
+            np.testing.assert_allclose(np.array(got), np.array(want), atol=0.5)
+        faces += len(want)
+    assert faces >= 5  # COCO128's people: the comparison is not vacuous
