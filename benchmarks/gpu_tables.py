@@ -27,6 +27,7 @@ from pathlib import Path
 from deployzoo.bench import BenchConfig, bench_engine
 from deployzoo.cache import ensure_engine
 from deployzoo.engine import gpu_info, machine, now_iso, versions
+from deployzoo.registry import backend_takes_options
 from deployzoo.report import md_table
 
 # name -> (model, variant, engine imgsz, bench H x W for origin-size engines, batches)
@@ -119,7 +120,7 @@ for name in args.models.split(","):
         try:
             graphs = args.cuda_graphs and model != "maskrcnn" and args.device.startswith("cuda")
             opts = {"device": args.device, "channels_last": args.device.startswith("cuda"), "cuda_graphs": graphs} \
-                if backend in ("torch", "aoti") else None  # ORT takes its device at load
+                if backend_takes_options(backend) else None  # ORT takes its device at load
             eng = ensure_engine(model, variant=variant, backend=backend, precision=prec, imgsz=imgsz,
                                 batch=None, cache_dir=out / "cache", options=opts)
             rec["build_seconds"] = round(time.perf_counter() - t0, 1)

@@ -169,14 +169,14 @@ def predict(
     """Run an engine (or a model, built on the fly) over images; write OUT/predictions.jsonl."""
     from deployzoo.cache import ensure_engine
     from deployzoo.predict import predict as run_predict
-    from deployzoo.registry import model_names
+    from deployzoo.registry import backend_takes_options, model_names
 
     formats = tuple(dict.fromkeys(["jsonl", *[f.strip() for x in fmt for f in x.split(",") if f.strip()]]))
     if not Path(engine).exists() and engine.lower() in model_names():
         engine_dir = ensure_engine(engine, variant=variant, weights=weights, backend=backend, precision=precision,
                                    imgsz=imgsz, batch=None if dynamic_batch else (batch or 1), calib=calib,
                                    calib_size=calib_size, calib_method=calib_method,
-                                   options=_build_opts(device if backend in ("torch", "aoti") else None, tf32,
+                                   options=_build_opts(device if backend_takes_options(backend) else None, tf32,
                                                        channels_last, cuda_graphs, opt_batch))
         typer.echo(f"engine: {engine_dir}", err=True)
     else:

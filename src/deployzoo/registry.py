@@ -246,6 +246,11 @@ def backend_names() -> list[str]:
     return list(_BACKENDS)
 
 
+def backend_takes_options(name: str) -> bool:
+    """Whether a backend takes build options (device, tf32, channels-last, ...: the PyTorch-based ones)."""
+    return bool(getattr(get_backend(name), "takes_options", False))
+
+
 def get_backend(name: str):
     if name not in _BACKENDS:
         raise DeployzooError(f"unknown backend {name!r} (choose from {', '.join(_BACKENDS)})")

@@ -19,7 +19,7 @@ from deployzoo.export import parse_imgsz
 from deployzoo.pipeline import STAGES
 from deployzoo.predict import SUMMARY_FILE, predict
 from deployzoo.quant.calib import make_calib_set
-from deployzoo.registry import get_model, get_task
+from deployzoo.registry import backend_takes_options, get_model, get_task
 from deployzoo.report import md_table, plot_throughput
 from deployzoo.tasks.base import task_source
 
@@ -117,7 +117,7 @@ def run_pipeline(cfg: RunConfig) -> RunReport:
 
     def options(backend: str) -> dict[str, Any] | None:
         """Build options for the PyTorch backends (the eager peer gets the engines' own); ORT takes none."""
-        if backend not in ("torch", "aoti"):
+        if not backend_takes_options(backend):
             return None
         return {**cfg.build_options, **({"device": cfg.device} if cfg.device else {})}
 
