@@ -27,6 +27,7 @@ from pathlib import Path
 from deployzoo.bench import BenchConfig, bench_engine
 from deployzoo.cache import ensure_engine
 from deployzoo.engine import gpu_info, machine, now_iso, versions
+from deployzoo.errors import DeployzooError
 from deployzoo.registry import backend_takes_options
 from deployzoo.report import md_table
 
@@ -121,18 +122,28 @@ for name in args.models.split(","):
             graphs = args.cuda_graphs and model != "maskrcnn" and args.device.startswith("cuda")
             opts = {"device": args.device, "channels_last": args.device.startswith("cuda"), "cuda_graphs": graphs} \
                 if backend_takes_options(backend) else None  # ORT takes its device at load
-            eng = ensure_engine(model, variant=variant, backend=backend, precision=prec, imgsz=imgsz,
-                                batch=None, cache_dir=out / "cache", options=opts)
+            build = dict(variant=variant, backend=backend, precision=prec, imgsz=imgsz, cache_dir=out / "cache",
+                         options=opts)
+            try:  # one dynamic-batch engine; graphs torch.export specialises (Mask R-CNN): one engine per batch
+                engines = [(ensure_engine(model, batch=None, **build), batches)]
+            except DeployzooError as exc:
+                if "fixed-batch" not in str(exc):
+                    raise
+                rec["note"] = "one fixed-batch engine per batch (torch.export specialises this graph's batch)"
+                engines = [(ensure_engine(model, batch=b, **build), (b,)) for b in batches]
             rec["build_seconds"] = round(time.perf_counter() - t0, 1)
-            e2e = Path(args.e2e_source) if args.e2e_source and model in ("retinaface", "volo_d2", "mobilenetv1") \
-                and Path(args.e2e_source).is_dir() else None
-            cfg = BenchConfig(batches=batches, iters=args.iters, warmup=args.warmup, device=args.device,
-                              imgsz=bench_hw, e2e_source=None, min_seconds=2.0)
-            rec["rows"] = bench_engine(eng, cfg)
-            if e2e is not None:
-                ecfg = BenchConfig(batches=(args.e2e_batch,), iters=1, warmup=0, device=args.device,
-                                   e2e_source=e2e, pipeline="auto")
-                rec["rows"] += [r for r in bench_engine(eng, ecfg) if r["mode"] == "e2e"]
+            e2e = Path(args.e2e_source) if args.e2e_source and model != "arcface" \
+                and Path(args.e2e_source).is_dir() else None  # arcface reads aligned faces, not photos
+            e2e_batch = args.e2e_batch if model != "maskrcnn" else max(batches)
+            rec["rows"] = []
+            for eng, bs in engines:
+                cfg = BenchConfig(batches=bs, iters=args.iters, warmup=args.warmup, device=args.device,
+                                  imgsz=bench_hw, e2e_source=None, min_seconds=2.0)
+                rec["rows"] += bench_engine(eng, cfg)
+                if e2e is not None and (len(engines) == 1 or e2e_batch in bs):
+                    ecfg = BenchConfig(batches=(e2e_batch,), iters=1, warmup=0, device=args.device,
+                                       e2e_source=e2e, pipeline="auto")
+                    rec["rows"] += [r for r in bench_engine(eng, ecfg) if r["mode"] == "e2e"]
         except Exception as exc:  # noqa: BLE001 - recorded, the next engine runs
             rec["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
             rec["traceback"] = traceback.format_exc()[-3000:]
