@@ -216,27 +216,14 @@ def test_fixed_input_size_export_is_refused(tmp_path):
         export_onnx("maskrcnn", tmp_path / "m.onnx", imgsz=[800, 1344])
 
 
-def test_torch_export_keeps_the_batch_symbolic():
-    """The deploy graph has no loop over images (one NMS call for the batch), so torch.export (the aoti backend's
-    capture) keeps a dynamic batch: the exported program traced at batch 2 runs batch 1 and 3 as eager does."""
-    from deployzoo.export import build_deploy_module, graph_inputs, probe_input
-    from deployzoo.registry import get_model
+def test_aoti_refuses_a_dynamic_batch_graph_with_the_reason(mmdet_export, tmp_path):
+    """torch.export specialises the deploy graph's batch: a dynamic-batch aoti build says to export a fixed one."""
+    from deployzoo.build import build_engine
+    from deployzoo.errors import DeployzooError
 
-    spec = get_model("maskrcnn")
-    m = build_deploy_module(spec, "tv_v1", None)
-    b = torch.export.Dim("batch", min=1, max=8)
-    ex = graph_inputs(m, probe_input([224, 320], 2, 0, spec.input_for("tv_v1")))
-    with torch.inference_mode():
-        ep = torch.export.export(m, ex, dynamic_shapes=({0: b}, {0: b}))
-    for n in (1, 3):
-        xs = graph_inputs(m, probe_input([224, 320], n, n, spec.input_for("tv_v1")))
-        xs[1][-1] = torch.tensor([200, 288])  # a smaller image inside the padding
-        with torch.inference_mode():
-            got, ref = ep.module()(*xs), m(*xs)
-        assert int(ref[3].max()) == n - 1 and ref[0].shape[0] > 0
-        for g, r in zip(got, ref):
-            assert g.shape == r.shape
-            torch.testing.assert_close(g, r, atol=1e-3, rtol=1e-4)
+    with pytest.raises(DeployzooError, match="export with --batch N for a fixed-batch aoti engine"):
+        build_engine(mmdet_export.path, tmp_path / "aoti", backend="aoti", options={"device": "cpu"})
+    assert not (tmp_path / "aoti").exists()
 
 
 def test_torch_runner_fills_image_sizes_for_tensor_inputs(mmdet_export, tmp_path):
@@ -251,23 +238,3 @@ def test_torch_runner_fills_image_sizes_for_tensor_inputs(mmdet_export, tmp_path
     assert a["boxes"].shape[0] > 0
     for k in a:
         np.testing.assert_array_equal(a[k], b[k].numpy())
-
-
-def test_batched_nms_equals_nms_image_by_image():
-    """The one-call NMS of the deploy graph against torchvision's nms run image by image (its former loop)."""
-    from torchvision.ops import nms
-
-    from deployzoo.models.maskrcnn import batched_nms
-
-    g = torch.Generator().manual_seed(0)
-    xy = torch.rand(3, 200, 2, generator=g) * 300
-    boxes = torch.cat([xy, xy + 5 + torch.rand(3, 200, 2, generator=g) * 80], -1)
-    scores = torch.rand(3, 200, generator=g)
-    scores[1] = -1.0  # an image without candidates
-    for thr, cap in ((0.05, 1 << 30), (0.3, 17)):
-        want = []
-        for b in range(3):
-            cand = torch.where(scores[b] > thr)[0]
-            keep = cand[nms(boxes[b, cand], scores[b, cand], 0.5)][:cap]
-            want.append(torch.stack([torch.full_like(keep, b), keep], 1))
-        torch.testing.assert_close(batched_nms(boxes, scores, 0.5, thr, cap), torch.cat(want))

@@ -125,8 +125,16 @@ class AotiBackend:
         log.info("aoti: exported %s %s in %.1fs; compiling for %s (takes a minute or more)", meta["model"],
                  meta["variant"], t_export, dev)
         pkg = out_dir / MODEL_FILE
-        with torch.inference_mode():
-            torch._inductor.aoti_compile_and_package(ep, package_path=str(pkg))
+        try:
+            with torch.inference_mode():
+                torch._inductor.aoti_compile_and_package(ep, package_path=str(pkg))
+        except Exception as exc:  # noqa: BLE001 - Inductor's errors: one line with the cause
+            lines = [x for x in str(exc).strip().splitlines() if x.strip()]
+            cause = lines[-1][:300] if lines else type(exc).__name__
+            hint = (" (a dynamic-batch graph with data-dependent sizes: try a fixed-batch export, --batch N)"
+                    if meta["batch"].get("dynamic") else "")
+            raise DeployzooError(f"{onnx_path}: AOTInductor cannot compile {meta['model']} {meta['variant']}: "
+                                 f"{cause}{hint}") from None
         t_compile = time.perf_counter() - t0 - t_export
         compiled = torch._inductor.aoti_load_package(str(pkg))
         parity: dict[str, float] = {}

@@ -135,23 +135,18 @@ def batched_nms(boxes: Tensor, scores: Tensor, iou: float, score_thr: float, max
 class _BatchedNMS(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, boxes: Tensor, scores: Tensor, iou: float, score_thr: float, max_per_image: int) -> Tensor:
-        """One NMS call for the whole batch, images moved apart by more than any coordinate (no loop over images,
-        so torch.export keeps the batch axis symbolic); survivors regrouped image by image, each image's by
-        decreasing score, cut at max_per_image."""
         from torchvision.ops import nms
 
-        b, n = scores.shape
-        flat_s = scores.reshape(-1)
-        cand = torch.where(flat_s > score_thr)[0]
-        img = torch.div(cand, n, rounding_mode="floor")
-        span = (boxes.max() - boxes.min()).clamp(min=0) + 1.0
-        shifted = boxes.reshape(-1, 4)[cand] + (img.to(boxes.dtype) * span).unsqueeze(1)
-        keep = cand[nms(shifted, flat_s[cand], iou)]  # by decreasing score over the batch
-        kimg = torch.div(keep, n, rounding_mode="floor")
-        keep = keep[torch.sort(kimg, stable=True).indices]  # image by image, each still by decreasing score
-        kimg = torch.div(keep, n, rounding_mode="floor")
-        keep = keep[rank_in_group(kimg, b) < max_per_image]
-        return torch.stack([torch.div(keep, n, rounding_mode="floor"), keep % n], 1)
+        # a loop over images: torch.export therefore fixes the batch (aoti builds Mask R-CNN at a fixed batch).
+        # One NMS call for the whole batch (images offset apart) keeps the batch symbolic under torch.export, but
+        # Inductor (torch 2.14.1) then fails to compile the graph (OverflowError in the bounds of its
+        # data-dependent sizes), at batch 1 too; this loop compiles (measured on the CPU).
+        out = []
+        for b in range(boxes.shape[0]):
+            cand = torch.where(scores[b] > score_thr)[0]
+            keep = cand[nms(boxes[b, cand], scores[b, cand], iou)][:max_per_image]
+            out.append(torch.stack([torch.full_like(keep, b), keep], 1))
+        return torch.cat(out) if out else boxes.new_zeros((0, 2), dtype=torch.int64)
 
     @staticmethod
     def symbolic(g: Any, boxes: Any, scores: Any, iou: float, score_thr: float, max_per_image: int) -> Any:
