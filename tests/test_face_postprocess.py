@@ -5,7 +5,18 @@ import pytest
 import torch
 from torchvision.ops import nms
 
-from deployzoo.tasks.face_detection import FaceDetectionTask, collate, letterbox, preprocess, select, write_widerface_txt
+from deployzoo.tasks.face_detection import (FaceDetectionTask, collate, letterbox, preprocess, select, select_tensors,
+                                            write_widerface_txt)
+
+
+def select_batched(boxes, scores, lms, post):
+    """The batched torch selection the task runs (host and device paths), split per image like `select`."""
+    b, s, lm, img = select_tensors(torch.from_numpy(boxes), torch.from_numpy(scores), torch.from_numpy(lms), post)
+    return [(b[img == i].numpy(), s[img == i].numpy(), lm[img == i].numpy()) for i in range(scores.shape[0])]
+
+
+# the official-semantics cases run against the numpy reference and against the batched routine in use
+SELECTS = pytest.mark.parametrize("sel", [select, select_batched], ids=["numpy", "batched"])
 
 
 def py_cpu_nms_reference(dets: np.ndarray, thresh: float) -> list[int]:
@@ -33,47 +44,51 @@ def _random_boxes(rng, n, size=200.0):
     return np.concatenate([xy, xy + wh], 1).astype(np.float32)
 
 
+@SELECTS
 @pytest.mark.parametrize("seed", range(5))
-def test_nms_matches_official_py_cpu_nms(seed):
+def test_nms_matches_official_py_cpu_nms(seed, sel):
     rng = np.random.default_rng(seed)
     n = 300
     boxes = _random_boxes(rng, n)
     scores = rng.permutation(n).astype(np.float32) / n + 0.01  # distinct
-    (b, s, _), = select(boxes[None], scores[None], np.zeros((1, n, 10), np.float32),
-                        {"conf": 0.0, "iou": 0.4, "top_k": 0, "max_det": 0})
+    (b, s, _), = sel(boxes[None], scores[None], np.zeros((1, n, 10), np.float32),
+                     {"conf": 0.0, "iou": 0.4, "top_k": 0, "max_det": 0})
     ref = py_cpu_nms_reference(np.concatenate([boxes, scores[:, None]], 1).astype(np.float64), 0.4)
     np.testing.assert_array_equal(b, boxes[ref])
     np.testing.assert_array_equal(s, scores[ref])
 
 
-def test_nms_without_pixel_offset_equals_torchvision():
+@SELECTS
+def test_nms_without_pixel_offset_equals_torchvision(sel):
     # With the +1 convention removed (boxes already extended), the result is torchvision's NMS.
     rng = np.random.default_rng(7)
     boxes = _random_boxes(rng, 200)
     scores = rng.random(200).astype(np.float32)
-    ours = select(boxes[None] - np.array([0, 0, 1, 1], np.float32), scores[None], np.zeros((1, 200, 10), np.float32),
-                  {"conf": 0.0, "iou": 0.5, "top_k": 0, "max_det": 0})[0][1]
+    ours = sel(boxes[None] - np.array([0, 0, 1, 1], np.float32), scores[None], np.zeros((1, 200, 10), np.float32),
+               {"conf": 0.0, "iou": 0.5, "top_k": 0, "max_det": 0})[0][1]
     tv = nms(torch.from_numpy(boxes), torch.from_numpy(scores), 0.5).numpy()
     np.testing.assert_array_equal(ours, scores[tv])
 
 
-def test_threshold_topk_maxdet_and_batch_isolation():
+@SELECTS
+def test_threshold_topk_maxdet_and_batch_isolation(sel):
     boxes = np.array([[[0, 0, 10, 10], [0, 0, 10, 10], [50, 50, 60, 60], [80, 80, 90, 90]]] * 2, np.float32)
     scores = np.array([[0.9, 0.8, 0.5, 0.01], [0.3, 0.2, 0.95, 0.6]], np.float32)
     lms = np.arange(2 * 4 * 10, dtype=np.float32).reshape(2, 4, 10)
-    out = select(boxes, scores, lms, {"conf": 0.02, "iou": 0.4, "top_k": 5000, "max_det": 750})
+    out = sel(boxes, scores, lms, {"conf": 0.02, "iou": 0.4, "top_k": 5000, "max_det": 750})
     np.testing.assert_allclose(out[0][1], [0.9, 0.5])  # duplicate suppressed, 0.01 under threshold
     np.testing.assert_allclose(out[1][1], [0.95, 0.6, 0.3])  # image 1 is not suppressed by image 0
     np.testing.assert_array_equal(out[0][2][0], lms[0, 0])
-    out = select(boxes, scores, lms, {"conf": 0.02, "iou": 0.4, "top_k": 1, "max_det": 750})
+    out = sel(boxes, scores, lms, {"conf": 0.02, "iou": 0.4, "top_k": 1, "max_det": 750})
     np.testing.assert_allclose(out[1][1], [0.95])
-    out = select(boxes, scores, lms, {"conf": 0.02, "iou": 0.4, "top_k": 5000, "max_det": 2})
+    out = sel(boxes, scores, lms, {"conf": 0.02, "iou": 0.4, "top_k": 5000, "max_det": 2})
     np.testing.assert_allclose(out[1][1], [0.95, 0.6])
 
 
-def test_empty_selection():
-    out = select(np.zeros((1, 5, 4), np.float32), np.zeros((1, 5), np.float32), np.zeros((1, 5, 10), np.float32),
-                 {"conf": 0.5})
+@SELECTS
+def test_empty_selection(sel):
+    out = sel(np.zeros((1, 5, 4), np.float32), np.zeros((1, 5), np.float32), np.zeros((1, 5, 10), np.float32),
+              {"conf": 0.5})
     assert out[0][0].shape == (0, 4)
 
 
