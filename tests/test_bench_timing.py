@@ -93,6 +93,9 @@ class FakeRunner:
     def run(self, x):
         return self._call("run", x)
 
+    def device_feeds(self, x):
+        return {"images": torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))}
+
     def run_tensors(self, feeds):
         return self._call("run_tensors", feeds)
 

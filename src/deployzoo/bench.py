@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import psutil
 
-from deployzoo.engine import batch_allows, engine_feeds, gpu_info, machine, now_iso, versions
+from deployzoo.engine import batch_allows, gpu_info, machine, now_iso, versions
 from deployzoo.errors import DeployzooError
 from deployzoo.pipeline import STAGES, StageTimes, load_engine, run_batches
 from deployzoo.progress import progress_bar
@@ -157,18 +157,6 @@ def timing_mode(runner: Any, asked: str | None) -> str:
     return "device" if tensors and asked != "host" else "host"
 
 
-def _device_input(runner: Any, x: np.ndarray) -> dict[str, Any]:
-    """Every graph input as a tensor on the runner's device, the image in the engine's dtype and memory format."""
-    import torch
-
-    host = engine_feeds(runner.manifest["input"], x)
-    feeds = {k: torch.from_numpy(np.ascontiguousarray(v)).to(runner.torch_device) for k, v in host.items()}
-    img = feeds[runner.image_name].to(getattr(runner, "input_dtype", torch.float32))
-    fmt = torch.channels_last if getattr(runner, "channels_last", False) else torch.contiguous_format
-    feeds[runner.image_name] = img.contiguous(memory_format=fmt)
-    return feeds
-
-
 def _time_batch(runner: Any, b: int, hw: tuple[int, int], cfg: BenchConfig, rng: np.random.Generator, bar: Any,
                 common: dict[str, Any]) -> dict[str, Any]:
     import torch
@@ -182,7 +170,7 @@ def _time_batch(runner: Any, b: int, hw: tuple[int, int], cfg: BenchConfig, rng:
     cuda = tdev is not None and tdev.type == "cuda"  # torch streams / events; ORT on CUDA runs its own stream
     sync = getattr(runner, "synchronize", lambda: None)
     n = cfg.streams
-    inputs = [_device_input(runner, x) if timing == "device" else x.copy() for _ in range(n)]
+    inputs = [runner.device_feeds(x) if timing == "device" else x.copy() for _ in range(n)]
     call = runner.run_tensors if timing == "device" else runner.run
     sync()
     if n > 1:  # the first call (lazy init, CUDA graph capture) is not thread-safe: made alone, untimed

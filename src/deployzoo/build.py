@@ -60,11 +60,11 @@ def build_engine(
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
         set_opts = {k: v for k, v in (options or {}).items() if v is not None}
-        if set_opts and not getattr(be, "takes_options", False):
+        takes = getattr(be, "takes_options", False)
+        if set_opts and not takes:
             raise DeployzooError(f"backend {be.name}: build options {', '.join(sorted(set_opts))} apply to the "
                                  "PyTorch backends (torch, aoti) only")
-        args = (set_opts,) if getattr(be, "takes_options", False) else ()
-        info = be.build(onnx_path, tmp, precision, meta, cs, *args)
+        info = be.build(onnx_path, tmp, precision, meta, cs, *((set_opts,) if takes else ()))
         warnings = [RANDOM_WEIGHTS_WARNING] if meta["weights"].get("random") else []
         manifest = {
             "format": FORMAT,

@@ -223,13 +223,22 @@ def ort_vs_torch(onnx_path: str | Path, module: torch.nn.Module, imgsz: Any, bat
         got = sess.run(None, {i.name: t.numpy() for i, t in zip(sess.get_inputs(), inputs)})
         with torch.no_grad():
             ref = [t.numpy() for t in module(*inputs)]
-        if hasattr(module, "parity"):
-            d = module.parity(dict(zip(names, got)), dict(zip(names, ref)))
-        else:
-            d = {n: max_abs_diff(a, b) for n, a, b in zip(names, got, ref)}
-        for k, v in d.items():
-            diffs[k] = max(diffs.get(k, v), v) if not k.startswith("min_") else min(diffs.get(k, v), v)
+        merge_worst(diffs, output_diffs(module, dict(zip(names, got)), dict(zip(names, ref))))
     return diffs
+
+
+def output_diffs(module: torch.nn.Module, got: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> dict[str, float]:
+    """Differences of one probe's outputs: the module's own `parity(got, ref)` hook where it has one, else the max
+    abs difference per output."""
+    if hasattr(module, "parity"):
+        return module.parity(got, ref)
+    return {k: max_abs_diff(got[k], ref[k]) for k in got}
+
+
+def merge_worst(acc: dict[str, float], d: dict[str, float]) -> None:
+    """Keep the worst value per key over probes: the largest, or the smallest for `min_` keys (e.g. mask IoU)."""
+    for k, v in d.items():
+        acc[k] = max(acc.get(k, v), v) if not k.startswith("min_") else min(acc.get(k, v), v)
 
 
 def max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:

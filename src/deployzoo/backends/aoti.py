@@ -88,6 +88,11 @@ def _inputs(module: torch.nn.Module, meta: dict[str, Any], batch: int, hw: Any, 
     return tuple(ts)
 
 
+def _host(meta: dict[str, Any], outs: Any) -> dict[str, Any]:
+    """Graph outputs by name as host arrays (floating ones in float32)."""
+    return {n: (t.float() if t.is_floating_point() else t).cpu().numpy() for n, t in zip(meta["outputs"], outs)}
+
+
 class AotiBackend:
     name = "aoti"
     precisions = ("fp32", "fp16", "bf16")
@@ -99,7 +104,7 @@ class AotiBackend:
 
     def build(self, onnx_path: Path, out_dir: Path, precision: str, meta: dict[str, Any],
               calib: Any | None, options: dict[str, Any] | None = None) -> dict[str, Any]:
-        from deployzoo.export import max_abs_diff
+        from deployzoo.export import merge_worst, output_diffs
 
         opts = build_options(options, meta, onnx_path)
         dev = torch.device(opts["device"])
@@ -141,14 +146,8 @@ class AotiBackend:
         for i, n in enumerate(batches):
             xs = _inputs(base, meta, n, [333, 517] if hw == "origin" and i else hw, i + 1, dev, opts["channels_last"])
             with torch.inference_mode():
-                got, ref = compiled(*xs), module(*xs)
-            g = dict(zip(meta["outputs"], (t.float().cpu().numpy() if t.is_floating_point() else t.cpu().numpy()
-                                           for t in got)))
-            r = dict(zip(meta["outputs"], (t.float().cpu().numpy() if t.is_floating_point() else t.cpu().numpy()
-                                           for t in ref)))
-            d = base.parity(g, r) if hasattr(base, "parity") else {k: max_abs_diff(g[k], r[k]) for k in g}
-            for k, v in d.items():
-                parity[k] = max(parity.get(k, v), v) if not k.startswith("min_") else min(parity.get(k, v), v)
+                got, ref = _host(meta, compiled(*xs)), _host(meta, module(*xs))
+            merge_worst(parity, output_diffs(base, got, ref))
         return {
             "model_file": MODEL_FILE, "options": opts,
             "compile": {"export_seconds": round(t_export, 2), "compile_seconds": round(t_compile, 2),
