@@ -62,6 +62,24 @@ def mnet_random_fp32(mnet_random_onnx, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_onnx(tmp_path_factory) -> Path:
+    """RetinaFace-mnet, random weights, 64 x 64, dynamic batch: the cheapest real graph (the fault tests)."""
+    from deployzoo.export import export_onnx
+
+    out = tmp_path_factory.mktemp("tiny") / "mnet64.onnx"
+    export_onnx("retinaface", out, variant="mobilenet0.25", imgsz=[64, 64], batch=None)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_engine(tiny_onnx, tmp_path_factory) -> Path:
+    """ORT fp32 engine of tiny_onnx."""
+    from deployzoo.build import build_engine
+
+    return build_engine(tiny_onnx, tmp_path_factory.mktemp("tiny_eng") / "fp32", precision="fp32")
+
+
+@pytest.fixture(scope="session")
 def image_dir(tmp_path_factory) -> Path:
     """A few real-looking images (the astronaut at several scales on noise) of different sizes."""
     d = tmp_path_factory.mktemp("imgs")

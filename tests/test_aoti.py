@@ -4,6 +4,7 @@ models), plus CUDA tests that skip without a GPU."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -12,8 +13,9 @@ import torch
 from conftest import FIXTURES, MNET_WEIGHTS, need_fixture, run_cli
 from deployzoo.bench import BenchConfig, bench_engine
 from deployzoo.build import build_engine
-from deployzoo.engine import read_manifest, write_json
+from deployzoo.engine import read_manifest
 from deployzoo.errors import DeployzooError
+from deployzoo.files import write_json
 from deployzoo.pipeline import load_engine
 from deployzoo.predict import iter_records, predict
 
@@ -99,7 +101,7 @@ def test_refusals(mnet_random_onnx, mnet_aoti, tmp_path):
     m["compile"]["torch"] = "0.0.1"
     fake = tmp_path / "other"
     fake.mkdir()
-    (fake / "model.pt2").write_bytes(b"")
+    shutil.copyfile(mnet_aoti / "model.pt2", fake / "model.pt2")  # the real package: only its torch differs
     write_json(fake / "manifest.json", m)
     with pytest.raises(DeployzooError, match="compiled with torch 0.0.1"):
         load_engine(fake)

@@ -138,11 +138,13 @@ def test_predict_skips_bad_files_and_resumes(mnet_random_fp32, image_dir, tmp_pa
     # simulate a crash: drop the last two lines and tear the one before
     kept = lines[:2]
     (out / "predictions.jsonl").write_text("\n".join(kept) + "\n" + lines[2][:10])
-    s2 = predict(mnet_random_fp32, src, out, batch=2, resume=True, post={"conf": 0.5})
+    s2 = predict(mnet_random_fp32, src, out, batch=2, formats=("jsonl", "widerface"), resume=True,
+                 post={"conf": 0.5})  # the same settings as the run it continues (others are refused)
     assert (s2.resumed, s2.written, s2.skipped) == (4, 2, 0)
     final = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
     assert sorted(r["image"] for r in final) == [f"img_{i}.jpg" for i in range(4)]
     assert final[:2] == [json.loads(x) for x in kept]
+    assert all((out / "images" / f"img_{i}.txt").is_file() for i in range(4))
 
 
 def test_bench_rows(mnet_random_fp32, image_dir):

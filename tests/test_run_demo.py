@@ -60,7 +60,10 @@ def test_run_resumes_an_interrupted_predict_and_replaces_other_engines_predictio
     assert pred.read_text().splitlines()[:3] == lines[:3] and len(pred.read_text().splitlines()) == 6
     # predictions left by another engine are not mixed in
     (out / "stages" / "eval-fp32.json").unlink()
-    (out / "predictions" / "fp32" / "stage.key").write_text("another engine")
+    settings = out / "predictions" / "fp32" / "predict_settings.json"
+    st = json.loads(settings.read_text())
+    st["engine"]["sha256"] = "0" * 64  # written by another engine
+    settings.write_text(json.dumps(st))
     pred.write_text('{"image": "stale.jpg", "boxes": [], "scores": [], "landmarks": []}\n')
     run_cli(args)
     names = [json.loads(x)["image"] for x in pred.read_text().splitlines()]

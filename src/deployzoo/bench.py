@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import psutil
 
-from deployzoo.engine import batch_allows, gpu_info, machine, now_iso, versions
+from deployzoo.engine import batch_allows, batch_rule, gpu_info, machine, now_iso, versions
 from deployzoo.errors import DeployzooError
 from deployzoo.pipeline import STAGES, StageTimes, load_engine, run_batches
 from deployzoo.progress import progress_bar
@@ -130,8 +130,11 @@ def bench_engine(engine_dir: str | Path, cfg: BenchConfig) -> list[dict[str, Any
         }
         rng = np.random.default_rng(0)
         ok = [b for b in cfg.batches if batch_allows(m, b)]
+        if not ok:
+            raise DeployzooError(f"{engine_dir}: none of the batch sizes {', '.join(map(str, cfg.batches))} runs on "
+                                 f"this engine: batch must be {batch_rule(m)}")
         for b in sorted(set(cfg.batches) - set(ok)):
-            log.info("%s: batch %d not supported by this engine, skipped", engine_dir, b)
+            log.warning("%s: batch %d not supported by this engine, skipped", engine_dir, b)
         with progress_bar(f"bench {engine_label(m)} {m['backend']} {m['precision']}",
                           len(ok) * cfg.streams * (cfg.warmup + cfg.iters)) as bar:
             for b in ok:

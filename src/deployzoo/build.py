@@ -7,7 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from deployzoo.checkpoint import file_sha256
-from deployzoo.engine import FORMAT, MANIFEST, RANDOM_WEIGHTS_WARNING, atomic_dir, now_iso, versions, write_json
+from deployzoo.engine import (FORMAT, MANIFEST, RANDOM_WEIGHTS_WARNING, is_engine_dir, now_iso, post_problem,
+                              record_files, validate_manifest, versions)
+from deployzoo.files import atomic_dir, check_output_dir, describe_os_error, write_json
 from deployzoo.errors import DeployzooError
 from deployzoo.export import read_onnx_meta
 from deployzoo.quant.calib import CalibSet, make_calib_set
@@ -32,6 +34,8 @@ def build_engine(
     """`options` are backend build options (device, tf32, channels_last, cuda_graphs, opt_batch for the
     PyTorch-based backends; backends/torch_common.py); a backend that takes none refuses any that is set."""
     onnx_path = Path(onnx_path)
+    out_dir = Path(out_dir)
+    check_output_dir(out_dir, is_engine_dir, "deployzoo engine directory")
     precision = canonical_precision(precision)
     be = get_backend(backend)
     if precision not in be.precisions:
@@ -57,14 +61,16 @@ def build_engine(
                         "memory (VOLO-D2 with 128 images exceeds 24 GiB); minmax streams", cs.method, len(cs.items))
     elif calib is not None:
         log.info("--calib ignored for precision %s", precision)
-    out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
         set_opts = {k: v for k, v in (options or {}).items() if v is not None}
         takes = getattr(be, "takes_options", False)
         if set_opts and not takes:
             raise DeployzooError(f"backend {be.name}: build options {', '.join(sorted(set_opts))} apply to the "
                                  "PyTorch backends (torch, aoti) only")
-        info = be.build(onnx_path, tmp, precision, meta, cs, *((set_opts,) if takes else ()))
+        try:
+            info = be.build(onnx_path, tmp, precision, meta, cs, *((set_opts,) if takes else ()))
+        except OSError as exc:  # full or read-only output, mostly: name the engine being written
+            raise DeployzooError(describe_os_error(exc, out_dir, exact=True)) from None
         warnings = [RANDOM_WEIGHTS_WARNING] if meta["weights"].get("random") else []
         manifest = {
             "format": FORMAT,
@@ -85,14 +91,14 @@ def build_engine(
             "versions": versions(),
             **info,
         }
+        manifest["files"] = record_files(tmp)
+        validate_manifest(manifest, tmp / MANIFEST)
         write_json(tmp / MANIFEST, manifest)
     return out_dir
 
 
 def _check_post(post: dict[str, Any]) -> None:
-    if not 0.0 <= float(post.get("conf", 0)) < 1.0:
-        raise DeployzooError(f"--conf {post['conf']}: must be in [0, 1)")
-    if "iou" in post and not 0.0 < float(post["iou"]) <= 1.0:
-        raise DeployzooError(f"--iou {post['iou']}: must be in (0, 1]")
-    if int(post.get("max_det", 1)) < 1:
-        raise DeployzooError(f"--max-det {post['max_det']}: must be >= 1")
+    bad = post_problem(post)
+    if bad:
+        key = bad[0].replace("_", "-")
+        raise DeployzooError(f"--{key} {bad[1]}")

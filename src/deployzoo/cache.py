@@ -12,7 +12,8 @@ from typing import Any
 from deployzoo import __version__
 from deployzoo.build import build_engine
 from deployzoo.checkpoint import file_sha256
-from deployzoo.engine import MANIFEST
+from deployzoo.engine import MANIFEST, read_manifest
+from deployzoo.errors import DeployzooError
 from deployzoo.export import export_onnx, parse_imgsz
 from deployzoo.quant.calib import CalibSet, make_calib_set
 from deployzoo.registry import canonical_precision, get_model, get_task
@@ -66,8 +67,12 @@ def ensure_engine(
               "float_groups": float_groups, **({"options": options} if options else {})}
     eng = cache / "engines" / f"{spec.name}-{variant}-{backend}-{precision}-{_key(eng_id)[:16]}"
     if (eng / MANIFEST).is_file():
-        log.info("cached engine %s", eng)
-        return eng
+        try:
+            read_manifest(eng)
+            log.info("cached engine %s", eng)
+            return eng
+        except DeployzooError as exc:  # an engine of an older format, or damaged: build it again
+            log.warning("cached engine not usable (%s); building it again", exc)
     log.info("building %s %s %s -> %s", spec.name, backend, precision, eng)
     return build_engine(onnx_path, eng, backend=backend, precision=precision, calib=cs, float_groups=float_groups,
                         options=options)

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import re
+import signal
 import sys
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from deployzoo.errors import DeployzooError
+from deployzoo import __version__
+from deployzoo.errors import DeployzooError, Interrupted
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Trained PyTorch model -> exported, built, scored and benchmarked inference engine.")
@@ -52,8 +58,41 @@ def _echo_json(obj: object) -> None:
     typer.echo(json.dumps(obj, indent=2, default=str))
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"deployzoo {__version__}")
+        raise typer.Exit()
+
+
+_SIGINT_SEEN: list[bool] = []  # non-empty once Ctrl-C reached this process (see _sigint)
+
+
+def _sigint(signum: int, frame: object) -> None:
+    """Python's own SIGINT behaviour (raise KeyboardInterrupt), remembering that it happened: a KeyboardInterrupt
+    raised inside a C extension's import or callback can come out as another exception (pybind11's
+    `ImportError: initialization failed`, a RuntimeError from a callback), which is still an interruption."""
+    _SIGINT_SEEN.append(True)
+    raise KeyboardInterrupt
+
+
+@contextmanager
+def _on_interrupt(kept: Callable[[], str]) -> Iterator[None]:
+    """Ctrl-C inside the block ends the command with exit status 130 and one line: `kept()` says what was kept
+    and how to go on."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted: {kept()}") from None
+    except Exception:
+        if _SIGINT_SEEN:  # the interrupt, re-dressed by a C extension on its way out
+            raise Interrupted(f"interrupted: {kept()}") from None
+        raise
+
+
 @app.callback()
-def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging.")) -> None:
+def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
+          version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("deployzoo").setLevel(logging.DEBUG if verbose else logging.INFO)
@@ -95,8 +134,9 @@ def export(
     """Export a model to ONNX and print the ORT-vs-PyTorch max abs difference."""
     from deployzoo.export import export_onnx
 
-    r = export_onnx(model, output, variant=variant, weights=weights, imgsz=imgsz, batch=None if dynamic_batch else batch,
-                    opset=opset, exporter=exporter)
+    with _on_interrupt(lambda: f"{output} not written (an export is written whole or not at all); run it again"):
+        r = export_onnx(model, output, variant=variant, weights=weights, imgsz=imgsz,
+                        batch=None if dynamic_batch else batch, opset=opset, exporter=exporter)
     typer.echo(f"wrote {r.path} (onnx.checker passed)")
     what = "detections" if "count_diff" in r.max_abs_diff else "max abs diff"  # detection graphs: paired detections
     typer.echo(f"ORT vs PyTorch {what}: " + ", ".join(f"{k} {v:.3g}" for k, v in r.max_abs_diff.items()))
@@ -126,9 +166,12 @@ def build(
     """Build an engine directory (model file + manifest.json) at a precision."""
     from deployzoo.build import build_engine
 
-    out = build_engine(onnx_path, output, backend=backend, precision=precision, calib=calib, calib_size=calib_size,
-                       calib_method=calib_method, post={"conf": conf, "iou": iou, "max_det": max_det, "top_k": top_k},
-                       options=_build_opts(device, tf32, channels_last, cuda_graphs, opt_batch))
+    with _on_interrupt(lambda: f"no engine written to {output} (a build is written whole or not at all; an engine "
+                       "already there is unchanged); run the build again"):
+        out = build_engine(onnx_path, output, backend=backend, precision=precision, calib=calib,
+                           calib_size=calib_size, calib_method=calib_method,
+                           post={"conf": conf, "iou": iou, "max_det": max_det, "top_k": top_k},
+                           options=_build_opts(device, tf32, channels_last, cuda_graphs, opt_batch))
     typer.echo(f"wrote engine {out}")
 
 
@@ -169,21 +212,25 @@ def predict(
     """Run an engine (or a model, built on the fly) over images; write OUT/predictions.jsonl."""
     from deployzoo.cache import ensure_engine
     from deployzoo.predict import predict as run_predict
+    from deployzoo.predict import predict_kept
     from deployzoo.registry import backend_takes_options, model_names
 
     formats = tuple(dict.fromkeys(["jsonl", *[f.strip() for x in fmt for f in x.split(",") if f.strip()]]))
     if not Path(engine).exists() and engine.lower() in model_names():
-        engine_dir = ensure_engine(engine, variant=variant, weights=weights, backend=backend, precision=precision,
-                                   imgsz=imgsz, batch=None if dynamic_batch else (batch or 1), calib=calib,
-                                   calib_size=calib_size, calib_method=calib_method,
-                                   options=_build_opts(device if backend_takes_options(backend) else None, tf32,
-                                                       channels_last, cuda_graphs, opt_batch))
+        with _on_interrupt(lambda: "the engine build was abandoned (nothing cached half-built) and no image was "
+                           "predicted; run the command again"):
+            engine_dir = ensure_engine(engine, variant=variant, weights=weights, backend=backend, precision=precision,
+                                       imgsz=imgsz, batch=None if dynamic_batch else (batch or 1), calib=calib,
+                                       calib_size=calib_size, calib_method=calib_method,
+                                       options=_build_opts(device if backend_takes_options(backend) else None, tf32,
+                                                           channels_last, cuda_graphs, opt_batch))
         typer.echo(f"engine: {engine_dir}", err=True)
     else:
         engine_dir = Path(engine)
-    s = run_predict(engine_dir, source, output, batch=batch, formats=formats, save_img=save_img, resume=resume,
-                    overwrite=overwrite, threads=threads, device=device, pipeline=pipeline,
-                    post={"conf": conf, "iou": iou, "max_det": max_det, "flip": flip})
+    with _on_interrupt(lambda: predict_kept(output)):
+        s = run_predict(engine_dir, source, output, batch=batch, formats=formats, save_img=save_img, resume=resume,
+                        overwrite=overwrite, threads=threads, device=device, pipeline=pipeline,
+                        post={"conf": conf, "iou": iou, "max_det": max_det, "flip": flip})
     typer.echo(f"{s.written} images predicted ({s.resumed} already done, {s.skipped} skipped as unreadable or "
                f"unusable) in {s.seconds:.1f}s -> {s.out_dir}/predictions.jsonl")
     for w in s.warnings:
@@ -199,7 +246,7 @@ def eval_widerface(
     iou: float = typer.Option(0.5, help="IoU threshold (official 0.5)."),
 ) -> None:
     """Official WIDER FACE Easy / Medium / Hard AP."""
-    from deployzoo.engine import write_json
+    from deployzoo.files import write_json
     from deployzoo.metrics.widerface import evaluate, plot_pr
 
     res = evaluate(pred, gt, iou_thresh=iou)
@@ -224,7 +271,7 @@ def eval_ijbc(
     plot: Optional[Path] = typer.Option(None, help="ROC PNG."),
 ) -> None:
     """IJB-C 1:1 verification, the official protocol: TAR at FAR 1e-6 ... 1e-1."""
-    from deployzoo.engine import write_json
+    from deployzoo.files import write_json
     from deployzoo.metrics.ijbc import evaluate, plot_roc
     from deployzoo.tasks.face_recognition import read_features
 
@@ -251,7 +298,7 @@ def eval_verification(
     import numpy as np
 
     from deployzoo.data.verification_bin import load_bin
-    from deployzoo.engine import write_json
+    from deployzoo.files import write_json
     from deployzoo.metrics.verification import evaluate
     from deployzoo.tasks.face_recognition import read_features
 
@@ -277,12 +324,15 @@ def eval_imagenet(
 ) -> None:
     """ImageNet top-1 / top-5 accuracy, images matched to labels by file name."""
     from deployzoo.data.imagenet import find_set, read_labels
-    from deployzoo.engine import write_json
+    from deployzoo.files import write_json
     from deployzoo.metrics.classification import evaluate, read_predictions, write_seed_files
 
-    lab = find_set(labels, synsets=synsets).labels if labels.is_dir() else read_labels(labels)
+    found = find_set(labels, synsets=synsets) if labels.is_dir() else None
+    lab = found.labels if found is not None else read_labels(labels)
+    # a synset list says how many classes there are; otherwise evaluate's rule (ImageNet's 1000, or the labels')
+    n_classes = len(found.class_names) if found is not None and synsets and found.class_names else None
     res = evaluate(read_predictions(pred), lab, allow_missing=allow_missing, pred_path=str(pred),
-                   labels_path=str(labels))
+                   labels_path=str(labels), num_classes=n_classes)
     typer.echo(f"top1: {res.top1:.6f}  top5: {res.top5:.6f}  (n={res.n}"
                + (f", {res.n_missing} labelled images without prediction left out)" if res.n_missing else ")"))
     write_seed_files(res, out_dir or (pred if pred.is_dir() else pred.parent))
@@ -297,7 +347,7 @@ def eval_coco(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write {bbox: {AP, AP50, ...}, segm: {...}} here."),
 ) -> None:
     """COCO bbox / segm AP and AR with pycocotools' COCOeval (each type the results carry)."""
-    from deployzoo.engine import write_json
+    from deployzoo.files import write_json
     from deployzoo.metrics.coco import evaluate
 
     stats, text = evaluate(pred, ann)
@@ -330,7 +380,7 @@ def bench(
     """Throughput (img/s) and latency percentiles per batch size (--streams concurrent); --e2e adds read/pre/infer/post."""
     from deployzoo.bench import BenchConfig
     from deployzoo.bench import bench as run_bench
-    from deployzoo.engine import atomic_write_text, write_json
+    from deployzoo.files import atomic_write_text, write_json
     from deployzoo.export import parse_imgsz
     from deployzoo.report import bench_markdown
 
@@ -340,7 +390,9 @@ def bench(
     cfg = BenchConfig(batches=_ints(batch, "--batch"), iters=iters, warmup=warmup, threads=threads, device=device,
                       imgsz=None if hw in (None, "origin") else tuple(hw), e2e_source=source if e2e else None,
                       e2e_limit=limit, timing=timing, streams=streams, pipeline=pipeline)
-    result = run_bench([str(e) for e in engines], cfg)
+    with _on_interrupt(lambda: "no benchmark result written (bench writes its tables when every engine is "
+                       "measured); run it again"):
+        result = run_bench([str(e) for e in engines], cfg)
     md = bench_markdown(result)
     typer.echo(md)
     if json_out:
@@ -387,20 +439,24 @@ def run(
     from deployzoo.registry import canonical_precision
     from deployzoo.run import RunConfig, run_pipeline
 
+    precs = tuple(dict.fromkeys(canonical_precision(p) for p in precisions.split(",") if p.strip()))
+    if not precs:
+        raise DeployzooError(f"--precisions {precisions!r}: no precision given (e.g. fp32,int8)")
     cfg = RunConfig(
-        model=model, out_dir=output, variant=variant, weights=weights,
-        precisions=tuple(canonical_precision(p) for p in precisions.split(",") if p.strip()),
+        model=model, out_dir=output, variant=variant, weights=weights, precisions=precs,
         batches=_ints(batches, "--batches") if batches else None, predict_batch=predict_batch, data=data, gt=gt, calib=calib, calib_size=calib_size,
         calib_method=calib_method, backend=backend, reference=reference, imgsz=imgsz, bench_imgsz=bench_imgsz,
         iters=iters, warmup=warmup, threads=threads, demo_images=demo_images, device=device,
         build_options=_build_opts(None, tf32, channels_last, cuda_graphs, opt_batch),
     )
-    rep = run_pipeline(cfg)
+    with _on_interrupt(lambda: f"every finished stage is kept in {output} (engines, predictions, scores, benchmark "
+                       "rows); run the same command again to continue from them"):
+        rep = run_pipeline(cfg)
     typer.echo(rep.markdown)
     typer.echo(f"report: {rep.path}")
 
 
-_IMGSZ_PAIR = re.compile(r"^\d+$")
+_IMGSZ_PAIR = re.compile(r"^-?\d+$")  # negative too, so that `--imgsz -5 10` reaches parse_imgsz's own message
 
 
 def _join_imgsz(argv: list[str]) -> list[str]:
@@ -418,25 +474,89 @@ def _join_imgsz(argv: list[str]) -> list[str]:
     return out
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = _join_imgsz(list(sys.argv[1:] if argv is None else argv))
-    try:
-        app(args=args, prog_name="deployzoo", standalone_mode=False)
-    except DeployzooError as exc:
-        typer.echo(f"deployzoo: error: {exc}", err=True)
-        raise SystemExit(2) from None
-    except KeyboardInterrupt:
-        typer.echo("deployzoo: interrupted (finished work is kept; use --resume)", err=True)
-        raise SystemExit(130) from None
-    except (typer.Exit, SystemExit) as exc:
-        code = getattr(exc, "exit_code", getattr(exc, "code", 0))
-        raise SystemExit(code) from None
-    except Exception as exc:  # click usage errors
-        import click
+def _click_classes(name: str) -> tuple[type, ...]:
+    """`name` (ClickException, Abort) from every click typer may raise: its vendored copy (typer >= 0.29,
+    typer._click) and the click package (older typer)."""
+    found = []
+    for mod in ("typer._click.exceptions", "typer.exceptions", "click.exceptions"):
+        try:
+            cls = getattr(importlib.import_module(mod), name, None)
+        except ImportError:
+            continue
+        if isinstance(cls, type) and cls not in found:
+            found.append(cls)
+    return tuple(found)
 
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            raise SystemExit(exc.exit_code) from None
-        if isinstance(exc, click.exceptions.Abort):
-            raise SystemExit(1) from None
+
+def _usage_line(exc: Exception) -> str:
+    """One line for a click usage error: its message and where to get help."""
+    ctx = getattr(exc, "ctx", None)
+    msg = " ".join(str(exc.format_message() if hasattr(exc, "format_message") else exc).split()).rstrip(".")
+    if ctx is not None and getattr(ctx, "command_path", None):
+        return f"{msg} (see '{ctx.command_path} --help')"
+    return msg
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point. Exit status: 0 done, 2 usage or input error (one line `deployzoo: error: ...`), 130
+    interrupted (one line saying what was kept), 1 an internal error (one line; `-v` adds the traceback)."""
+    args = _join_imgsz(list(sys.argv[1:] if argv is None else argv))
+    verbose = any(a in ("-v", "--verbose") for a in args)
+    _SIGINT_SEEN.clear()
+    try:
+        previous = signal.signal(signal.SIGINT, _sigint) if signal.getsignal(signal.SIGINT) is \
+            signal.default_int_handler else None
+    except ValueError:  # not the main thread (an embedding caller): leave its handler alone
+        previous = None
+    try:
+        _run_app(args, verbose)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _run_app(args: list[str], verbose: bool) -> None:
+    try:
+        rv = app(args=args, prog_name="deployzoo", standalone_mode=False)
+    except DeployzooError as exc:
+        typer.echo(f"deployzoo: {'' if isinstance(exc, Interrupted) else 'error: '}{exc}", err=True)
+        raise SystemExit(exc.exit_code) from None
+    except KeyboardInterrupt:  # outside a command's own handler (start-up, argument parsing)
+        typer.echo("deployzoo: interrupted before any work was done", err=True)
+        raise SystemExit(130) from None
+    except SystemExit:
         raise
+    except Exception as exc:  # noqa: BLE001 - the one place that turns any failure into one line + exit status
+        if _SIGINT_SEEN:  # Ctrl-C re-dressed by a C extension outside a command's own handler
+            typer.echo("deployzoo: interrupted before any work was done", err=True)
+            raise SystemExit(130) from None
+        if isinstance(exc, _click_classes("ClickException")):
+            if type(exc).__name__ == "NoArgsIsHelpError":  # `deployzoo` / `deployzoo eval` alone: the help text
+                exc.show()
+            else:
+                typer.echo(f"deployzoo: error: {_usage_line(exc)}", err=True)
+            raise SystemExit(getattr(exc, "exit_code", 2)) from None
+        if isinstance(exc, _click_classes("Abort")):  # EOF at a prompt
+            typer.echo("deployzoo: aborted", err=True)
+            raise SystemExit(1) from None
+        if isinstance(exc, _click_classes("Exit")):
+            raise SystemExit(getattr(exc, "exit_code", 0)) from None
+        if isinstance(exc, OSError) and exc.strerror:  # a file the command could not read or write
+            where = f"{exc.filename}: " if exc.filename else ""
+            typer.echo(f"deployzoo: error: {where}{exc.strerror}", err=True)
+            raise SystemExit(2) from None
+        if isinstance(exc, MemoryError):
+            typer.echo("deployzoo: error: out of memory (try a smaller --batch)", err=True)
+            raise SystemExit(2) from None
+        if verbose:
+            traceback.print_exc()
+        text = " ".join(str(exc).split())[:300]
+        typer.echo(f"deployzoo: internal error: {type(exc).__name__}: {text} "
+                   f"({'' if verbose else 'rerun with -v for the traceback; '}please report it)", err=True)
+        raise SystemExit(1) from None
+    # typer >= 0.29 turns Ctrl-C inside a command into a returned 130 when not standalone; an explicit
+    # typer.Exit(n) also comes back as n
+    if isinstance(rv, int) and not isinstance(rv, bool) and rv != 0:
+        if rv == 130:
+            typer.echo("deployzoo: interrupted", err=True)
+        raise SystemExit(rv)

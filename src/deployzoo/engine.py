@@ -5,22 +5,21 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 import os
 import platform
+import re
 import shutil
 import subprocess
-import tempfile
-from collections.abc import Callable
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
 from deployzoo.errors import DeployzooError
 
 MANIFEST = "manifest.json"
-FORMAT = "deployzoo-engine/1"
+FORMAT = "deployzoo-engine/2"  # /2: `files` with sha256 + size, validated on load
 RANDOM_WEIGHTS_WARNING = "random weights: accuracy not meaningful"
 
 
@@ -139,54 +138,8 @@ def now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
 
 
-@contextmanager
-def atomic_dir(final: str | Path) -> Iterator[Path]:
-    """Yield a temporary directory beside `final`; on success it replaces `final` in one rename."""
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    try:
-        yield tmp
-        if final.exists():
-            old = final.with_name(f".{final.name}.old-{os.getpid()}")
-            final.rename(old)
-            tmp.rename(final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-def atomic_write_file(path: str | Path, writer: Callable[[Path], Any]) -> None:
-    """Call writer(tmp_path) then rename onto `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        writer(Path(tmp))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
-
-
 def read_manifest(engine_dir: str | Path) -> dict[str, Any]:
+    """The validated manifest of an engine directory; any problem is one line naming the manifest and the key."""
     d = Path(engine_dir)
     m = d / MANIFEST
     if not d.is_dir():
@@ -194,15 +147,178 @@ def read_manifest(engine_dir: str | Path) -> dict[str, Any]:
     if not m.is_file():
         raise DeployzooError(f"{d}: no {MANIFEST} in the engine directory")
     try:
-        data = json.loads(m.read_text())
+        data = json.loads(m.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise DeployzooError(f"{m}: malformed manifest ({exc.msg} at line {exc.lineno})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DeployzooError(f"{m}: cannot read the manifest ({getattr(exc, 'strerror', None) or exc})") from None
+    validate_manifest(data, m)
+    return data
+
+
+def is_engine_dir(path: str | Path) -> bool:
+    """Whether `path` is a directory that deployzoo built (its manifest names an engine format of ours), the
+    only kind of directory `build -o` replaces."""
+    m = Path(path) / MANIFEST
+    try:
+        fmt = json.loads(m.read_text(encoding="utf-8")).get("format", "")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return isinstance(fmt, str) and fmt.startswith("deployzoo-engine/")
+
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _bad(m: Path, key: str, problem: str) -> DeployzooError:
+    return DeployzooError(f"{m}: manifest key {key!r} {problem}")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def post_problem(post: dict[str, Any]) -> tuple[str, str] | None:
+    """(key, problem) for the first post-processing setting out of its range, else None."""
+    checks = {
+        "conf": (lambda v: _is_num(v) and 0.0 <= v < 1.0, "must be a number in [0, 1)"),
+        "iou": (lambda v: _is_num(v) and 0.0 < v <= 1.0, "must be a number in (0, 1]"),
+        "rpn_nms": (lambda v: _is_num(v) and 0.0 < v <= 1.0, "must be a number in (0, 1]"),
+        "mask_thr": (lambda v: _is_num(v) and 0.0 <= v <= 1.0, "must be a number in [0, 1]"),
+        "max_det": (lambda v: _is_int(v) and v >= 1, "must be an integer >= 1"),
+        "top_k": (lambda v: _is_int(v) and v >= 1, "must be an integer >= 1"),
+        "topk": (lambda v: _is_int(v) and v >= 1, "must be an integer >= 1"),
+        "rpn_pre_nms": (lambda v: _is_int(v) and v >= 1, "must be an integer >= 1"),
+        "rpn_post_nms": (lambda v: _is_int(v) and v >= 1, "must be an integer >= 1"),
+        "flip": (lambda v: isinstance(v, bool), "must be true or false"),
+    }
+    for key, (ok, problem) in checks.items():
+        if key in post and not ok(post[key]):
+            return key, f"{post[key]!r}: {problem}"
+    return None
+
+
+def validate_manifest(data: Any, m: Path) -> None:
+    """Types and required keys of a manifest, and its agreement with the registry: the model and variant exist,
+    the task is the model's, the outputs are those the task's post-processing reads, the post-processing has the
+    model's settings in range. (The model file's own hash and shapes are checked when it is loaded.)"""
+    from deployzoo.registry import PRECISIONS, backend_names, get_model
+
+    if not isinstance(data, dict):
+        raise DeployzooError(f"{m}: manifest is not a JSON object")
     if data.get("format") != FORMAT:
-        raise DeployzooError(f"{m}: unknown engine format {data.get('format')!r} (expected {FORMAT})")
-    for key in ("model", "task", "backend", "precision", "model_file", "input", "batch"):
+        hint = " (built by an older deployzoo: build it again)" if str(data.get("format", "")).startswith(
+            "deployzoo-engine/") else ""
+        raise DeployzooError(f"{m}: unknown engine format {data.get('format')!r} (expected {FORMAT}){hint}")
+    types = {"model": str, "variant": str, "task": str, "backend": str, "precision": str, "model_file": str,
+             "files": dict, "input": dict, "batch": dict, "outputs": list, "postprocess": dict}
+    for key, typ in types.items():
         if key not in data:
             raise DeployzooError(f"{m}: manifest misses key {key!r}")
-    return data
+        if not isinstance(data[key], typ):
+            raise _bad(m, key, f"must be a JSON {'object' if typ is dict else 'array' if typ is list else 'string'}, "
+                       f"got {type(data[key]).__name__}")
+    try:
+        spec = get_model(data["model"])
+    except DeployzooError as exc:
+        raise _bad(m, "model", str(exc)) from None
+    if data["variant"] not in spec.variants:
+        raise _bad(m, "variant", f"{data['variant']!r} is not a variant of {spec.name} ({', '.join(spec.variants)})")
+    if data["task"] != spec.task:
+        raise _bad(m, "task", f"{data['task']!r} is not the task of {spec.name} ({spec.task})")
+    if data["backend"] not in backend_names():
+        raise _bad(m, "backend", f"{data['backend']!r} unknown (choose from {', '.join(backend_names())})")
+    if data["precision"] not in PRECISIONS:
+        raise _bad(m, "precision", f"{data['precision']!r} unknown (choose from {', '.join(PRECISIONS)})")
+    mf = data["model_file"]
+    if not mf or Path(mf).is_absolute() or ".." in Path(mf).parts or "/" in mf or "\\" in mf:
+        raise _bad(m, "model_file", f"{mf!r} must be a file name inside the engine directory")
+    files = data["files"]
+    if mf not in files:
+        raise _bad(m, "files", f"has no entry for the model file {mf!r}")
+    for name, info in files.items():
+        if not isinstance(name, str) or not name or "/" in name or name.startswith(".") or name == MANIFEST:
+            raise _bad(m, "files", f"entry {name!r} must be a file name inside the engine directory")
+        if not isinstance(info, dict) or not isinstance(info.get("sha256"), str) or not _SHA256.match(info["sha256"]):
+            raise _bad(m, f"files.{name}", "must hold a sha256 (64 hex digits)")
+        if not _is_int(info.get("bytes")) or info["bytes"] < 0:
+            raise _bad(m, f"files.{name}", "must hold its size in bytes")
+    _validate_input(data["input"], m)
+    _validate_batch(data["batch"], m)
+    outs = data["outputs"]
+    if list(outs) != list(spec.output_names):
+        raise _bad(m, "outputs", f"{outs} are not the outputs task {spec.task} reads for {spec.name} "
+                   f"({list(spec.output_names)})")
+    post = data["postprocess"]
+    missing = [k for k in spec.post_for(data["variant"]) if k not in post]
+    if missing:
+        raise _bad(m, "postprocess", f"misses {', '.join(repr(k) for k in missing)}")
+    bad = post_problem(post)
+    if bad:
+        raise _bad(m, f"postprocess.{bad[0]}", bad[1])
+
+
+def _validate_input(spec: dict[str, Any], m: Path) -> None:
+    if not isinstance(spec.get("name"), str) or not spec["name"]:
+        raise _bad(m, "input.name", "must be the graph's input name (a string)")
+    sz = spec.get("imgsz")
+    if not (sz == "origin" or (isinstance(sz, list) and len(sz) == 2 and all(_is_int(v) and v >= 1 for v in sz))):
+        raise _bad(m, "input.imgsz", f"{sz!r} must be 'origin' or [H, W] with positive integers")
+    if spec.get("color", "BGR") not in ("BGR", "RGB"):
+        raise _bad(m, "input.color", f"{spec.get('color')!r} must be 'BGR' or 'RGB'")
+    for key in ("mean", "std"):
+        v = spec.get(key, [0.0, 0.0, 0.0] if key == "mean" else [1.0, 1.0, 1.0])
+        if not (isinstance(v, list) and len(v) == 3 and all(_is_num(x) for x in v)):
+            raise _bad(m, f"input.{key}", f"{v!r} must be 3 numbers")
+    if any(x == 0 for x in spec.get("std", [1.0, 1.0, 1.0])):
+        raise _bad(m, "input.std", "must not contain 0")
+    extra = spec.get("extra_inputs", [])
+    if not isinstance(extra, list) or not all(isinstance(x, str) for x in extra):
+        raise _bad(m, "input.extra_inputs", "must be a list of input names")
+    if "exif_orientation" in spec and not isinstance(spec["exif_orientation"], bool):
+        raise _bad(m, "input.exif_orientation", "must be true or false")
+
+
+def _validate_batch(b: dict[str, Any], m: Path) -> None:
+    if not isinstance(b.get("dynamic"), bool):
+        raise _bad(m, "batch.dynamic", "must be true or false")
+    if b["dynamic"]:
+        lo, hi = b.get("min", 1), b.get("max")
+        if not (_is_int(lo) and _is_int(hi) and 1 <= lo <= hi):
+            raise _bad(m, "batch", f"min {lo!r} / max {hi!r} must be integers with 1 <= min <= max")
+    elif not (_is_int(b.get("size")) and b["size"] >= 1):
+        raise _bad(m, "batch.size", f"{b.get('size')!r} must be an integer >= 1 (fixed-batch engine)")
+
+
+def record_files(engine_dir: Path) -> dict[str, dict[str, Any]]:
+    """sha256 and size of every file a backend wrote into an engine directory (the manifest's `files`)."""
+    from deployzoo.checkpoint import file_sha256
+
+    return {p.name: {"sha256": file_sha256(p), "bytes": p.stat().st_size}
+            for p in sorted(Path(engine_dir).iterdir()) if p.is_file() and p.name != MANIFEST}
+
+
+def verify_files(engine_dir: str | Path, manifest: dict[str, Any]) -> None:
+    """Each file the manifest lists is there with its recorded size and sha256: a truncated, corrupted or swapped
+    model file is refused before a runtime reads it."""
+    from deployzoo.checkpoint import file_sha256
+
+    d = Path(engine_dir)
+    for name, info in manifest["files"].items():
+        p = d / name
+        if not p.is_file():
+            raise DeployzooError(f"{p}: engine file missing (the manifest lists it); build the engine again")
+        size = p.stat().st_size
+        if size != info["bytes"]:
+            raise DeployzooError(f"{p}: engine file is {size} bytes, the manifest recorded {info['bytes']} "
+                                 "(truncated or replaced); build the engine again")
+        if file_sha256(p) != info["sha256"]:
+            raise DeployzooError(f"{p}: engine file's sha256 differs from the manifest's (corrupted or replaced); "
+                                 "build the engine again")
 
 
 def engine_feeds(spec: dict[str, Any], x: Any) -> dict[str, np.ndarray]:
@@ -230,9 +346,12 @@ def batch_allows(manifest: dict[str, Any], n: int) -> bool:
     return n == b["size"]
 
 
-def check_batch(manifest: dict[str, Any], n: int, where: str | Path) -> None:
-    if batch_allows(manifest, n):
-        return
+def batch_rule(manifest: dict[str, Any]) -> str:
+    """The batch sizes an engine takes, in words."""
     b = manifest["batch"]
-    allowed = f"{b.get('min', 1)}..{b.get('max')}" if b.get("dynamic") else f"exactly {b['size']} (fixed-batch engine)"
-    raise DeployzooError(f"{where}: batch {n} not supported by this engine: batch must be {allowed}")
+    return f"{b.get('min', 1)}..{b.get('max')}" if b.get("dynamic") else f"exactly {b['size']} (fixed-batch engine)"
+
+
+def check_batch(manifest: dict[str, Any], n: int, where: str | Path) -> None:
+    if not batch_allows(manifest, n):
+        raise DeployzooError(f"{where}: batch {n} not supported by this engine: batch must be {batch_rule(manifest)}")

@@ -15,7 +15,8 @@ import onnx
 import torch
 
 from deployzoo.checkpoint import file_sha256
-from deployzoo.engine import RANDOM_WEIGHTS_WARNING, atomic_write_file, now_iso, versions
+from deployzoo.engine import RANDOM_WEIGHTS_WARNING, now_iso, versions
+from deployzoo.files import atomic_write_file, check_output_file
 from deployzoo.errors import DeployzooError
 from deployzoo.registry import ModelSpec, get_model
 
@@ -97,6 +98,7 @@ def export_onnx(
 ) -> ExportResult:
     """Export to ONNX. `batch=None` gives a dynamic batch axis (1..spec.max_batch advertised); `imgsz='origin'`
     dynamic H, W. `exporter` / `opset` default to the model's (ModelSpec.exporter, .opset)."""
+    check_output_file(out, is_deployzoo_onnx, "an ONNX file exported by deployzoo")
     spec = get_model(model)
     variant = spec.check_variant(variant)
     exporter = exporter or spec.exporter
@@ -249,6 +251,15 @@ def max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
     if not np.array_equal(fa, fb):
         return float("inf")
     return float(np.abs(a[fa].astype(np.float64) - b[fb]).max()) if fa.any() else 0.0
+
+
+def is_deployzoo_onnx(path: str | Path) -> bool:
+    """Whether `path` is an ONNX file that `export` wrote (the only kind of file `export -o` overwrites)."""
+    try:
+        read_onnx_meta(path)
+        return True
+    except DeployzooError:
+        return False
 
 
 def read_onnx_meta(path: str | Path) -> dict[str, Any]:

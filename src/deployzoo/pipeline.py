@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from deployzoo.data.images import ImageError, SourceItem, decode_image, read_item_bytes
-from deployzoo.engine import check_batch, read_manifest
+from deployzoo.data.images import ImageError, SourceItem, decode_for_spec, read_item_bytes
+from deployzoo.engine import check_batch, read_manifest, verify_files
 from deployzoo.registry import get_backend, get_task
 from deployzoo.tasks.base import Prepared
 
@@ -50,6 +50,7 @@ class Loaded:
 def load_engine(engine_dir: str | Path, threads: int | None = None, device: str | None = None) -> Loaded:
     engine_dir = Path(engine_dir)
     m = read_manifest(engine_dir)
+    verify_files(engine_dir, m)
     runner = get_backend(m["backend"]).load(engine_dir, m, threads=threads, device=device)
     return Loaded(engine_dir, m, runner, get_task(m["task"]))
 
@@ -59,7 +60,7 @@ def _load_one(item: SourceItem, task: Any, spec: dict[str, Any], times: StageTim
     try:
         data, label = read_item_bytes(item)
         t1 = time.perf_counter()
-        img = decode_image(data, label, spec.get("color", "BGR"))
+        img = decode_for_spec(data, label, spec)  # colour order and EXIF orientation rule of the engine
         t2 = time.perf_counter()
         prep = task.prepare(img, spec, item.meta)
     except ImageError as exc:  # unreadable, or unusable by the task (e.g. degenerate face landmarks)

@@ -9,7 +9,13 @@ tensors (`run_tensors`, the torch-based backends) and tasks that have the tensor
 - decode: per batch, one batched `torchvision.io.decode_jpeg(list, device=...)` (nvJPEG on CUDA); a batch that
   fails is retried image by image, and non-JPEG files or JPEGs the device decoder refuses go to
   `torchvision.io.decode_image` on the CPU, then to the host decoder (OpenCV: BMP, TIFF, 16-bit ...), and the
-  result is moved to the device; what none can decode is skipped with the host decoder's reason;
+  result is moved to the device; what none can decode is skipped with the host decoder's reason. The EXIF
+  orientation follows the manifest's `input.exif_orientation` (absent: False), as the host reader does: the
+  JPEG decoders here do not apply it (torchvision's CUDA decode_jpeg ignores `apply_exif_orientation`; the CPU
+  one would apply it, but both paths do it the same way), so the tag is read from the bytes
+  (`jpeg_exif_orientation`, OpenCV's rule) and the flip / transpose is applied to the decoded tensor on the
+  device; non-JPEGs with the rule on go straight to the host decoder, whose OpenCV flags apply it exactly as
+  cv2.imread does (torchvision's CPU decoders apply it for JPEG and PNG but not WebP);
 - pre: the task's `prepare_tensors` on the device (resize / pad / normalise into the batch tensor);
 - infer: `runner.run_tensors` on the batch tensor (no host round trip);
 - post: the task's `postprocess_tensors` on the device (e.g. batched NMS); only final results reach the host.
@@ -46,7 +52,8 @@ import numpy as np
 import torch
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
-from deployzoo.data.images import ImageError, SourceItem, check_encoded, read_item_bytes
+from deployzoo.data.images import (ImageError, SourceItem, check_encoded, jpeg_exif_orientation, read_item_bytes,
+                                   spec_exif_orientation)
 from deployzoo.data.images import decode_image as host_decode_image
 from deployzoo.engine import check_batch
 from deployzoo.errors import DeployzooError
@@ -133,23 +140,45 @@ def _read_prefetch(items: Iterable[SourceItem], pin: bool, times: StageTimes, wo
     return ordered_map(lambda item: _read_one(item, pin, times), items, workers, depth)
 
 
-def _decode_fallback(enc: _Encoded, dev: torch.device) -> torch.Tensor:
-    """torchvision's CPU decoders, then the host's (OpenCV) one; raises ImageError when nothing decodes it."""
+def apply_exif_orientation(img: torch.Tensor, orientation: int) -> torch.Tensor:
+    """A C x H x W tensor turned by an EXIF Orientation value (1..8) exactly as OpenCV's imread turns H x W x C
+    images (imgcodecs ExifTransform): 2 flips left-right, 3 rotates 180, 4 flips up-down, 5 transposes, 6
+    transposes then flips left-right (90 clockwise), 7 transposes then flips both, 8 transposes then flips
+    up-down (90 counter-clockwise); anything else leaves it."""
+    if orientation in (5, 6, 7, 8):
+        img = img.transpose(-2, -1)
+    flips = {2: (-1,), 3: (-2, -1), 4: (-2,), 6: (-1,), 7: (-2, -1), 8: (-2,)}.get(orientation)
+    return img.flip(flips).contiguous() if flips else img.contiguous()
+
+
+def _oriented(img: torch.Tensor, enc: _Encoded, exif_orientation: bool) -> torch.Tensor:
+    return apply_exif_orientation(img, jpeg_exif_orientation(enc.data.numpy())) if exif_orientation else img
+
+
+def _decode_fallback(enc: _Encoded, dev: torch.device, exif_orientation: bool = False) -> torch.Tensor:
+    """torchvision's CPU decoders, then the host's (OpenCV) one; raises ImageError when nothing decodes it.
+    With the EXIF orientation rule on, non-JPEGs go to the host decoder directly (OpenCV applies the PNG eXIf /
+    WebP EXIF orientation as cv2.imread does; torchvision's decode_image does not for WebP)."""
     try:
+        if exif_orientation and not enc.jpeg:
+            raise ValueError("orientation: host decoder")
         img = decode_image(enc.data, mode=ImageReadMode.RGB)
         if img.dtype == torch.uint16:  # 16-bit PNG: the top byte, as the host reader does
             img = (img.to(torch.int32) >> 8).to(torch.uint8)
         elif img.dtype != torch.uint8:
             raise RuntimeError(f"unexpected dtype {img.dtype}")
+        img = _oriented(img, enc, exif_orientation)
     except (RuntimeError, ValueError):
-        arr = host_decode_image(enc.data.numpy(), enc.label, "RGB")  # ImageError -> skipped
+        arr = host_decode_image(enc.data.numpy(), enc.label, "RGB", exif_orientation)  # ImageError -> skipped
         img = torch.from_numpy(arr).permute(2, 0, 1)
     return img.contiguous().to(dev, non_blocking=True)
 
 
-def decode_batch(encs: list[_Encoded], dev: torch.device) -> list[tuple[torch.Tensor | None, str | None]]:
+def decode_batch(encs: list[_Encoded], dev: torch.device,
+                 exif_orientation: bool = False) -> list[tuple[torch.Tensor | None, str | None]]:
     """(3 x H x W uint8 RGB tensor on `dev`, None) or (None, reason) per encoded image: JPEGs in one batched
-    decode_jpeg call on the device, the rest (and JPEGs it refuses) through the CPU fallbacks."""
+    decode_jpeg call on the device, the rest (and JPEGs it refuses) through the CPU fallbacks. `exif_orientation`:
+    turn each image by its EXIF Orientation tag as cv2.imread does (the input spec's rule; module docstring)."""
     out: list[tuple[torch.Tensor | None, str | None]] = [(None, None)] * len(encs)
     jpeg = [i for i, e in enumerate(encs) if e.jpeg]
     decoded: dict[int, torch.Tensor] = {}
@@ -165,10 +194,10 @@ def decode_batch(encs: list[_Encoded], dev: torch.device) -> list[tuple[torch.Te
                     log.debug("%s: device JPEG decode failed (%s), trying the CPU decoders", encs[i].label, exc)
     for i, e in enumerate(encs):
         if i in decoded:
-            out[i] = (decoded[i], None)
+            out[i] = (_oriented(decoded[i], e, exif_orientation), None)
             continue
         try:
-            out[i] = (_decode_fallback(e, dev), None)
+            out[i] = (_decode_fallback(e, dev, exif_orientation), None)
         except ImageError as exc:
             out[i] = (None, str(exc))
     return out
@@ -218,6 +247,7 @@ def run_batches_device(
     dev: torch.device = runner.torch_device
     cuda = dev.type == "cuda"
     bgr = str(spec.get("color", "BGR")).upper() == "BGR"
+    exif = spec_exif_orientation(spec)  # the model's official reader's rule; engines built before it: False
     q: queue.Queue = queue.Queue(maxsize=max(1, depth))
     stop = threading.Event()
 
@@ -253,7 +283,7 @@ def run_batches_device(
 
         def decode_chunk() -> None:
             t0 = time.perf_counter()
-            res = decode_batch(chunk, dev)
+            res = decode_batch(chunk, dev, exif)
             stage_end()
             times.add("decode", time.perf_counter() - t0)
             for e, (img, err) in zip(chunk, res):

@@ -15,8 +15,9 @@ import cv2
 import numpy as np
 
 from deployzoo.data.images import SourceItem
-from deployzoo.engine import write_json
+from deployzoo.engine import now_iso
 from deployzoo.errors import DeployzooError
+from deployzoo.files import DirLock, check_not_cwd, describe_os_error, write_json
 from deployzoo.pipeline import Loaded, StageTimes, load_engine, run_batches
 from deployzoo.pipeline_device import choose_pipeline, run_batches_device
 from deployzoo.progress import progress_bar
@@ -27,6 +28,8 @@ log = logging.getLogger(__name__)
 PRED_FILE = "predictions.jsonl"
 SKIP_FILE = "skipped.jsonl"
 SUMMARY_FILE = "summary.json"
+SETTINGS_FILE = "predict_settings.json"  # engine + pre/post-processing + formats + source, written at the start
+OWN_FILES = (PRED_FILE, SKIP_FILE, SUMMARY_FILE, SETTINGS_FILE, DirLock.NAME)
 
 
 @dataclass
@@ -80,6 +83,84 @@ def _done_keys(path: Path) -> set[str]:
     return keys
 
 
+def count_records(pred_dir: str | Path) -> int:
+    """Complete lines in PRED_DIR/predictions.jsonl (0 when there is none)."""
+    path = Path(pred_dir) / PRED_FILE
+    if not path.is_file():
+        return 0
+    with open(path, "rb") as f:
+        return sum(1 for raw in f if raw.endswith(b"\n") and raw.strip())
+
+
+def predict_kept(out_dir: str | Path) -> str:
+    """What an interrupted predict leaves, and how to go on (the CLI's Ctrl-C line)."""
+    n = count_records(out_dir)
+    if not n:
+        return f"no image was predicted yet into {out_dir}; run the command again"
+    return (f"the {n} images predicted so far are kept in {Path(out_dir) / PRED_FILE}; run the same command with "
+            "--resume to continue")
+
+
+def check_predict_dir(out_dir: Path) -> None:
+    """`-o` of predict: absent, empty, or an earlier predict output (its own files are there); never a plain file,
+    the working directory or a directory of other content."""
+    check_not_cwd(out_dir)
+    if out_dir.is_symlink() and not out_dir.is_dir():
+        raise DeployzooError(f"{out_dir}: is a dangling symbolic link; give an output directory")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DeployzooError(f"{out_dir}: exists and is a file; -o names the output directory predict writes")
+    if out_dir.is_dir():
+        try:
+            names = {p.name for p in out_dir.iterdir()}
+        except OSError as exc:
+            raise DeployzooError(f"{out_dir}: cannot list the directory ({exc.strerror or exc})") from None
+        if names and not names & set(OWN_FILES):
+            raise DeployzooError(f"{out_dir}: exists and is not a predict output (it holds other files); give a new "
+                                 "or empty directory")
+
+
+def settings_identity(loaded: Loaded, post: dict[str, Any], formats: tuple[str, ...],
+                      source: str | Path) -> dict[str, Any]:
+    """What makes two predict runs' records interchangeable: the engine's model file (by hash) with its input
+    spec (pre-processing), the post-processing settings, the formats written and the source."""
+    m = loaded.manifest
+    model = m.get("files", {}).get(m["model_file"], {})
+    return {
+        "engine": {"dir": str(Path(loaded.engine_dir).resolve()), "model": m["model"], "variant": m["variant"],
+                   "backend": m["backend"], "precision": m["precision"], "model_file": m["model_file"],
+                   "sha256": model.get("sha256")},
+        "input": m["input"], "postprocess": post, "formats": list(formats), "source": str(Path(source).resolve()),
+    }
+
+
+def _settings_change(old: dict[str, Any], new: dict[str, Any]) -> str | None:
+    """What the earlier run did differently, in words (None if nothing that makes its records unusable here)."""
+    if old.get("engine", {}).get("sha256") != new["engine"]["sha256"]:
+        o = old.get("engine", {})
+        return (f"used a different engine ({o.get('dir')} {o.get('precision')}, model sha256 "
+                f"{str(o.get('sha256'))[:12]}; now {new['engine']['dir']} {new['engine']['precision']}, "
+                f"{str(new['engine']['sha256'])[:12]})")
+    if old.get("input") != new["input"]:
+        return "used another pre-processing (the engine's input spec differs)"
+    op, np_ = old.get("postprocess", {}), new["postprocess"]
+    diff = [f"{k} {op.get(k)!r} -> {np_.get(k)!r}" for k in sorted(set(op) | set(np_)) if op.get(k) != np_.get(k)]
+    if diff:
+        return "used other post-processing settings (" + ", ".join(diff) + ")"
+    if old.get("formats") != new["formats"]:
+        return f"wrote other --format outputs ({', '.join(old.get('formats', []))} -> {', '.join(new['formats'])})"
+    if old.get("source") != new["source"]:
+        return f"read another --source ({old.get('source')} -> {new['source']})"
+    return None
+
+
+def _read_settings(path: Path) -> dict[str, Any] | None:
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+        return d if isinstance(d, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
 def predict(
     engine: str | Path | Loaded,
     source: str | Path,
@@ -99,7 +180,27 @@ def predict(
 ) -> PredictSummary:
     """`pipeline`: 'host' (decode / pre / post on the CPU, pipeline.py), 'device' (on the runner's device,
     pipeline_device.py; needs a tensor runner and a task with tensor hooks) or 'auto' (device when possible and the
-    runner is on CUDA, else host)."""
+    runner is on CUDA, else host).
+
+    `resume`: True continues an earlier run into `out_dir` (refused if the engine, pre/post-processing, formats or
+    source differ: OUT/predict_settings.json records them); "auto" continues it when they are the same and starts
+    over otherwise (`run` uses this). A second predict into the same directory is refused while one runs."""
+    out_dir = Path(out_dir)
+    check_predict_dir(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DeployzooError(describe_os_error(exc, out_dir)) from None
+    with DirLock(out_dir, "predict"):
+        return _predict(engine, source, out_dir, batch=batch, formats=formats, save_img=save_img, resume=resume,
+                        overwrite=overwrite, threads=threads, device=device, workers=workers, post=post,
+                        show_progress=show_progress, pipeline=pipeline)
+
+
+def _predict(engine: str | Path | Loaded, source: str | Path, out_dir: Path, *, batch: int | None,
+             formats: tuple[str, ...], save_img: bool, resume: bool | str, overwrite: bool, threads: int | None,
+             device: str | None, workers: int, post: dict[str, Any] | None, show_progress: bool,
+             pipeline: str) -> PredictSummary:
     loaded = engine if isinstance(engine, Loaded) else load_engine(engine, threads=threads, device=device)
     m, task = loaded.manifest, loaded.task
     which = choose_pipeline(loaded, pipeline)
@@ -110,49 +211,70 @@ def predict(
     if batch is None:
         batch = 1 if m["batch"].get("dynamic") else int(m["batch"]["size"])
     root, items = task_source(task, source)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    pred_path, skip_path = out_dir / PRED_FILE, out_dir / SKIP_FILE
+    pred_path, skip_path, settings_path = out_dir / PRED_FILE, out_dir / SKIP_FILE, out_dir / SETTINGS_FILE
     summary = PredictSummary(out_dir, images=len(items), warnings=list(m.get("warnings", [])))
-    if pred_path.exists() and pred_path.stat().st_size > 0 and not (resume or overwrite):
+    merged = dict(m["postprocess"])
+    merged.update({k: v for k, v in (post or {}).items() if v is not None})
+    ident = settings_identity(loaded, merged, formats, source)
+    earlier = (pred_path.is_file() and pred_path.stat().st_size > 0) or (skip_path.is_file()
+                                                                          and skip_path.stat().st_size > 0)
+    old = _read_settings(settings_path) if earlier else None
+    change = _settings_change(old, ident) if old is not None else None
+    if resume == "auto":  # continue the same run, start over for any other
+        resume, overwrite = change is None and old is not None, change is not None or old is None
+    if earlier and not (resume or overwrite):
         raise DeployzooError(f"{pred_path}: predictions already exist; pass --resume to continue or --overwrite")
+    if resume and earlier:
+        if change is not None:
+            raise DeployzooError(f"{out_dir}: cannot --resume: the earlier run {change}; use --overwrite to start "
+                                 "over, or another -o")
+        if old is None:
+            log.warning("%s: no %s (written by an older deployzoo): cannot check that engine and settings are those "
+                        "of the earlier run", out_dir, SETTINGS_FILE)
     if overwrite and not resume:
-        for p in (pred_path, skip_path):
+        for p in (pred_path, skip_path, out_dir / SUMMARY_FILE):
             p.unlink(missing_ok=True)
+    write_json(settings_path, {**ident, "written": now_iso()})
     done = _done_keys(pred_path) | _done_keys(skip_path) if resume else set()
     todo: list[SourceItem] = [i for i in items if i.name not in done]
     summary.resumed = len(items) - len(todo)
-    merged = dict(m["postprocess"])
-    merged.update({k: v for k, v in (post or {}).items() if v is not None})
     times = StageTimes()
     t_start = time.perf_counter()
     vis_dir = out_dir / "vis"
     # formats that need the whole item list up front (e.g. a features array by row)
     writers = {fmt: task.open_format(fmt, out_dir, items, resume) for fmt in formats
                if fmt != "jsonl" and hasattr(task, "open_format")}
-    with open(pred_path, "a", encoding="utf-8") as fp, open(skip_path, "a", encoding="utf-8") as fs, \
+    # unbuffered: each record is one write of whole lines, so a failed write (full disk) leaves nothing buffered
+    # for close() to fail on again, and a torn line at worst, which --resume cuts off
+    with open(pred_path, "ab", buffering=0) as fp, open(skip_path, "ab", buffering=0) as fs, \
             progress_bar(f"predict {m['model']} {m['precision']}", len(todo), enabled=show_progress) as bar:
 
-        def on_result(item: SourceItem, img: np.ndarray | None, rec: dict[str, Any]) -> None:
+        def write_result(item: SourceItem, img: np.ndarray | None, rec: dict[str, Any]) -> None:
             for fmt in formats:
                 if fmt in writers:
                     writers[fmt].write(item, rec)
                 elif fmt != "jsonl":
                     task.write_format(fmt, item.name, rec, out_dir)
             if save_img and img is not None:
-                dst = vis_dir / Path(item.name).with_suffix(".jpg")
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                cv2.imwrite(str(dst), task.render(img, rec))
+                save_rendered(vis_dir / Path(item.name).with_suffix(".jpg"), task.render(img, rec))
             line = {"image": item.name, **{k: v for k, v in rec.items() if not k.startswith("_")}}
-            fp.write(json.dumps(line, separators=(",", ":")) + "\n")
-            fp.flush()
+            write_all(fp, json.dumps(line, separators=(",", ":")) + "\n")
+
+        def on_result(item: SourceItem, img: np.ndarray | None, rec: dict[str, Any]) -> None:
+            try:
+                write_result(item, img, rec)
+            except OSError as exc:  # full disk, read-only or removed output: say where and what is kept
+                raise DeployzooError(f"{describe_os_error(exc, out_dir)}; the {summary.resumed + summary.written} "
+                                     "images finished before are kept: make room and run again with --resume") from None
             summary.written += 1
             bar.advance()
 
         def on_skip(item: SourceItem, err: str) -> None:
             log.warning("skipping %s", err)
-            fs.write(json.dumps({"image": item.name, "error": err}) + "\n")
-            fs.flush()
+            try:
+                write_all(fs, json.dumps({"image": item.name, "error": err}) + "\n")
+            except OSError as exc:
+                raise DeployzooError(f"{describe_os_error(exc, skip_path)}; run again with --resume") from None
             summary.skipped += 1
             bar.advance()
 
@@ -177,3 +299,21 @@ def predict(
     if summary.skipped:
         log.warning("%d of %d images skipped (unreadable or unusable); see %s", summary.skipped, len(items), skip_path)
     return summary
+
+
+def save_rendered(dst: Path, img: np.ndarray) -> None:
+    """Write a rendered image (--save-img); a failure (unwritable, full, unencodable) is an error, not a skip."""
+    ok, buf = cv2.imencode(dst.suffix or ".jpg", img)
+    if not ok:
+        raise DeployzooError(f"{dst}: cannot encode the rendered image")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with open(dst, "wb") as f:
+        f.write(buf.tobytes())
+
+
+def write_all(f: Any, text: str) -> None:
+    """Write `text` to an unbuffered binary file, looping over short writes."""
+    view = memoryview(text.encode("utf-8"))
+    while view:
+        n = f.write(view)
+        view = view[n:]

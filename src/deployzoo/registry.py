@@ -87,7 +87,10 @@ def _retinaface() -> ModelSpec:
         default_variant="mobilenet0.25",
         default_imgsz={"mobilenet0.25": "origin", "resnet50": "origin"},
         seed_imgsz={"mobilenet0.25": [1000, 1000], "resnet50": [672, 1024]},
-        input={"layout": "NCHW", "color": "BGR", "mean": [104.0, 117.0, 123.0], "std": [1.0, 1.0, 1.0]},
+        # exif_orientation: the official test script (Pytorch_Retinaface test_widerface.py) reads with
+        # cv2.imread(path, cv2.IMREAD_COLOR), which turns the image by its EXIF Orientation tag
+        input={"layout": "NCHW", "color": "BGR", "mean": [104.0, 117.0, 123.0], "std": [1.0, 1.0, 1.0],
+               "exif_orientation": True},
         post=dict(DEFAULT_POST),
         weights=dict(rf.OFFICIAL_WEIGHTS),
         build=rf.build_model,
@@ -116,7 +119,12 @@ def _arcface() -> ModelSpec:
         default_variant="r100",
         default_imgsz={v: size for v in iresnet.LAYERS},
         seed_imgsz={"r100": size},
-        input={"layout": "NCHW", "color": "RGB", "mean": [127.5] * 3, "std": [127.5] * 3, "fixed_size": True},
+        # exif_orientation: insightface's IJB-C evaluation (recognition/arcface_torch/eval_ijbc.py) reads each
+        # loose crop with cv2.imread(path) (IMREAD_COLOR: EXIF Orientation applied); the verification .bin sets go
+        # through mx.image.imdecode = cv::imdecode(buf, IMREAD_COLOR), which applies it too in OpenCV 5.1 (their
+        # aligned JPEG crops carry no Exif segment: small_lfw.bin checked)
+        input={"layout": "NCHW", "color": "RGB", "mean": [127.5] * 3, "std": [127.5] * 3, "fixed_size": True,
+               "exif_orientation": True},
         post=dict(DEFAULT_POST),
         weights=dict(iresnet.OFFICIAL_WEIGHTS),
         build=iresnet.build_model,
@@ -140,7 +148,7 @@ def _mobilenetv1() -> ModelSpec:
         variants=mb.VARIANTS,
         default_variant="x0.25",
         default_imgsz={"x0.25": [224, 224]},
-        input=dict(mb.INPUT),
+        input=dict(mb.INPUT),  # exif_orientation False: PIL's reader (models/mobilenetv1.py)
         post=dict(DEFAULT_POST),
         weights=dict(mb.OFFICIAL_WEIGHTS),
         build=mb.build_model,
@@ -164,7 +172,8 @@ def _volo() -> ModelSpec:
         default_variant="d2_224",
         default_imgsz={v: volo.default_imgsz(v) for v in volo.VARIANTS},
         seed_imgsz={"d2_224": [224, 224]},
-        input=volo.spec_input("d2_224"),  # the weights' own eval transform (timm pretrained_cfg)
+        # the weights' own eval transform (timm pretrained_cfg); exif_orientation False: timm's PIL reader
+        input=volo.spec_input("d2_224"),
         post=dict(DEFAULT_POST),
         weights=dict(volo.OFFICIAL_WEIGHTS),
         build=volo.build_model,
@@ -191,7 +200,13 @@ def _maskrcnn() -> ModelSpec:
         default_imgsz={v: "origin" for v in mr.VARIANTS},  # keep-ratio resize to 800 x 1333 in pre-processing
         seed_imgsz={v: [800, 1344] for v in mr.VARIANTS},
         input=dict(mr.INPUT),
-        variant_input={v: {"resize_impl": c["resize_impl"]} for v, c in mr.CONFIGS.items()},
+        # exif_orientation per variant, the official reader's: torchvision's references read with PIL
+        # (CocoDetection: Image.open(path).convert("RGB")), the stored pixels; mmdetection's LoadImageFromFile
+        # reads mmcv.imfrombytes(bytes, flag='color') = cv2.imdecode(buf, cv2.IMREAD_COLOR), which turns the
+        # image by its EXIF Orientation (mmcv's 'color_ignore_orientation' flag is the one that does not)
+        variant_input={v: {"resize_impl": c["resize_impl"],
+                           "exif_orientation": {"tv_v1": False, "tv_v2": False, "mmdet_1x": True}[v]}
+                       for v, c in mr.CONFIGS.items()},
         post=dict(mr.TEST_CFG),
         variant_post={v: {"paste": c["paste"], "category_ids": mr.category_ids(v)} for v, c in mr.CONFIGS.items()},
         weights=dict(mr.OFFICIAL_WEIGHTS),

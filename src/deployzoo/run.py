@@ -13,7 +13,8 @@ from typing import Any
 
 from deployzoo.bench import BenchConfig, bench_engine
 from deployzoo.cache import ensure_engine
-from deployzoo.engine import RANDOM_WEIGHTS_WARNING, atomic_write_text, machine, now_iso, read_manifest, versions, write_json
+from deployzoo.engine import RANDOM_WEIGHTS_WARNING, machine, now_iso, read_manifest, versions
+from deployzoo.files import atomic_write_text, write_json
 from deployzoo.errors import DeployzooError
 from deployzoo.export import parse_imgsz
 from deployzoo.pipeline import STAGES
@@ -92,6 +93,8 @@ def _stage_split(pred_dir: Path) -> dict[str, Any] | None:
 
 
 def run_pipeline(cfg: RunConfig) -> RunReport:
+    if not cfg.precisions:
+        raise DeployzooError("--precisions: no precision given (e.g. fp32,int8)")
     spec = get_model(cfg.model)
     variant = spec.check_variant(cfg.variant)
     batches = cfg.batches or spec.bench_batches
@@ -134,13 +137,10 @@ def run_pipeline(cfg: RunConfig) -> RunReport:
                           "data": str(data.source), "post": m["postprocess"]})
         res = _cached(out / "stages" / f"eval-{prec}.json", key)
         if res is None:
-            # resume an interrupted predict of this same engine; predictions of any other engine are replaced
-            marker = pred_dir / "stage.key"
-            same = marker.is_file() and marker.read_text() == key
-            pred_dir.mkdir(parents=True, exist_ok=True)
-            marker.write_text(key)
+            # resume an interrupted predict of this same engine and settings; any other predictions are replaced
+            (pred_dir / "stage.key").unlink(missing_ok=True)  # the marker of older versions: predict keeps its own
             predict(eng, data.source, pred_dir, batch=predict_batch, formats=("jsonl", *data.pred_formats),
-                    resume=same, overwrite=not same, threads=cfg.threads, device=cfg.device)
+                    resume="auto", threads=cfg.threads, device=cfg.device)
             plot = out / f"{data.plot_name.lower()}_{prec}.png" if data.plot_name else None
             res = data.evaluate(pred_dir, plot, title=f"{spec.name} {variant} {prec}")
             _store(out / "stages" / f"eval-{prec}.json", key, res)

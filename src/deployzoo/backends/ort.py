@@ -33,6 +33,40 @@ def providers(device: str | None) -> list[str]:
     return ["CPUExecutionProvider"]
 
 
+def check_graph(session: Any, manifest: dict[str, Any], path: Path) -> None:
+    """The model file's own inputs, outputs and shapes agree with the manifest (input names, batch fixed or
+    dynamic and its size, H x W fixed or dynamic and its value, output names); a mismatch is one line naming the
+    manifest key."""
+    where = path.parent / "manifest.json"
+    spec, b = manifest["input"], manifest["batch"]
+    names = [i.name for i in session.get_inputs()]
+    want = [spec["name"], *spec.get("extra_inputs", [])]
+    if names != want:
+        raise DeployzooError(f"{where}: manifest key 'input.name' / 'input.extra_inputs' {want} disagree with the "
+                             f"inputs of {path.name} {names}")
+    shape = list(session.get_inputs()[0].shape)
+    if len(shape) != 4:
+        raise DeployzooError(f"{where}: {path.name} takes a {len(shape)}-d input, not N x C x H x W")
+    fixed = [d if isinstance(d, int) else None for d in shape]
+    if b["dynamic"] and fixed[0] is not None:
+        raise DeployzooError(f"{where}: manifest key 'batch' says dynamic {b.get('min', 1)}..{b.get('max')}, but "
+                             f"{path.name} fixes the batch at {fixed[0]}")
+    if not b["dynamic"] and fixed[0] != b["size"]:
+        raise DeployzooError(f"{where}: manifest key 'batch.size' {b['size']} disagrees with {path.name}'s batch "
+                             f"{'axis (dynamic)' if fixed[0] is None else fixed[0]}")
+    sz = spec["imgsz"]
+    if sz != "origin" and fixed[2:] != [None, None] and fixed[2:] != list(sz):
+        raise DeployzooError(f"{where}: manifest key 'input.imgsz' {sz} disagrees with {path.name}'s input H x W "
+                             f"{fixed[2]} x {fixed[3]}")
+    if sz == "origin" and None not in fixed[2:]:
+        raise DeployzooError(f"{where}: manifest key 'input.imgsz' says 'origin' (any H x W), but {path.name} fixes "
+                             f"it at {fixed[2]} x {fixed[3]}")
+    outs = [o.name for o in session.get_outputs()]
+    if outs != list(manifest["outputs"]):
+        raise DeployzooError(f"{where}: manifest key 'outputs' {manifest['outputs']} disagrees with {path.name}'s "
+                             f"outputs {outs}")
+
+
 class OrtRunner:
     def __init__(self, path: Path, manifest: dict[str, Any], threads: int | None, device: str | None) -> None:
         import onnxruntime as ort
@@ -55,6 +89,7 @@ class OrtRunner:
         except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
             raise DeployzooError(f"{path}: ONNX Runtime cannot load the engine: {str(exc).splitlines()[0][:200]}") from None
         self.device = "cuda" if self.session.get_providers()[0].startswith("CUDA") else "cpu"
+        check_graph(self.session, manifest, path)
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [o.name for o in self.session.get_outputs()]
 
@@ -150,6 +185,12 @@ class OrtBackend:
         extra: dict[str, Any] = {"CalibMovingAverage": False, "ActivationSymmetric": False}
         if exclude_out:
             extra["OpTypesToExcludeOutputQuantization"] = exclude_out
+        task = get_task(meta["task"])
+        batch = 1 if meta["batch"]["dynamic"] else meta["batch"]["size"]
+        reader = CalibReader(calib, task, meta["input"], meta["input"]["name"], batch)
+        # a set with no usable image (or fewer than a fixed batch) is one line naming the calibration directory,
+        # here, before the pre-pass and calibration; ORT would end in "No data is collected." after them
+        reader.check_usable()
         pre = dst.with_name("pre_quant.onnx")
         try:
             quant_pre_process(str(src), str(pre), skip_symbolic_shape=False)
@@ -167,9 +208,6 @@ class OrtBackend:
         onnx.save(model, str(pre))
         kept = recipes.float_nodes(model, groups)
         exclude = sorted({n for names in kept.values() for n in names} | set(recipes.tail_nodes(model)))
-        task = get_task(meta["task"])
-        batch = 1 if meta["batch"]["dynamic"] else meta["batch"]["size"]
-        reader = CalibReader(calib, task, meta["input"], meta["input"]["name"], batch)
         method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                   "percentile": CalibrationMethod.Percentile}[calib.method]
         quantize_static(

@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 
 from deployzoo.data.images import SourceItem
-from deployzoo.engine import atomic_dir
+from deployzoo.files import atomic_dir
 from deployzoo.errors import DeployzooError
 from deployzoo.metrics.coco import load_annotations
 
@@ -238,7 +238,6 @@ def write_demo(root: str | Path, n_images: int = 8, seed: int = 0) -> Path:
     images: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []
     with atomic_dir(root) as tmp:
-        tmp.chmod(0o755)  # mkdtemp made it owner-only; a dataset folder is shared like any other
         (tmp / "images").mkdir()
         (tmp / "annotations").mkdir()
         for i in range(n_images):

@@ -41,7 +41,10 @@ MASK_SIZE = 28
 RESIZE = (800, 1333)  # shorter side, longer side cap: both conventions' test scale
 PAD = 32
 INPUT = {"layout": "NCHW", "color": "RGB", "mean": [123.675, 116.28, 103.53], "std": [58.395, 57.12, 57.375],
-         "resize": list(RESIZE), "pad": PAD, "origin_only": True}
+         "resize": list(RESIZE), "pad": PAD, "origin_only": True,
+         # torchvision's references (CocoDetection: Image.open(path).convert("RGB")) do not apply the EXIF
+         # Orientation tag; mmdetection's loader does (registry.py's variant_input sets it per variant)
+         "exif_orientation": False}
 TEST_CFG = {"rpn_pre_nms": 1000, "rpn_post_nms": 1000, "rpn_nms": 0.7, "conf": 0.05, "iou": 0.5, "max_det": 100,
             "mask_thr": 0.5}
 CONFIGS: dict[str, dict[str, Any]] = {

@@ -22,7 +22,10 @@ NUM_CLASSES = 1000
 OFFICIAL_WEIGHTS = {"x0.25": "mobilenetV1X0.25_pretrain.tar (github.com/biubug6/Pytorch_Retinaface, README)"}
 INPUT = {"layout": "NCHW", "color": "RGB", "mean": [0.485 * 255, 0.456 * 255, 0.406 * 255],
          "std": [0.229 * 255, 0.224 * 255, 0.225 * 255], "resize": 256, "crop": 224, "interpolation": "bilinear",
-         "fixed_size": True}
+         "fixed_size": True,
+         # the ImageNet evaluation reads with PIL, Image.open(path).convert('RGB') (torchvision ImageFolder's
+         # pil_loader), which does not apply the EXIF Orientation tag: the stored pixels
+         "exif_orientation": False}
 
 
 class ClassifierDeploy(nn.Module):

@@ -114,6 +114,9 @@ def spec_input(variant: str) -> dict[str, Any]:
         "mean": [m * 255.0 for m in cfg["mean"]], "std": [s * 255.0 for s in cfg["std"]],
         "resize": int(math.floor(h / cfg["crop_pct"])), "crop": h, "interpolation": cfg["interpolation"],
         "fixed_size": True,
+        # timm's eval (and sail-sg/volo's, which is timm's) reads with PIL, Image.open(f).convert('RGB')
+        # (timm.data.ImageDataset), which does not apply the EXIF Orientation tag: the stored pixels
+        "exif_orientation": False,
     }
 
 

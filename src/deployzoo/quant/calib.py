@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from deployzoo.data.images import ImageError, SourceItem, list_source, load_item
+from deployzoo.data.images import ImageError, SourceItem, list_source, load_item_for_spec
 from deployzoo.engine import engine_feeds
 from deployzoo.errors import DeployzooError
 from deployzoo.progress import progress_bar
@@ -77,7 +77,7 @@ class CalibReader:
             for item in self.calib.items:
                 bar.advance()
                 try:
-                    img = load_item(item, self.spec.get("color", "BGR"))
+                    img = load_item_for_spec(item, self.spec)  # colour order and EXIF orientation rule of the spec
                     pending.append(self.task.prepare(img, self.spec, item.meta))
                 except ImageError as exc:
                     log.warning("calibration: skipping %s", exc)
@@ -86,6 +86,34 @@ class CalibReader:
                     self.used += len(pending)
                     yield engine_feeds({**self.spec, "name": self.input_name}, self.task.collate(pending, self.spec))
                     pending = []
+
+    def check_usable(self) -> None:
+        """Before any quantization work: at least one batch of the calibration images reads and pre-processes
+        (a fixed-batch engine needs `batch` of them), else one line naming the calibration directory, how many
+        images there are and the first cause. Reads only until it has found a batch."""
+        items, need = self.calib.items, max(1, self.batch)
+        ok, first = 0, None
+        for item in items:
+            try:
+                self.task.prepare(load_item_for_spec(item, self.spec), self.spec, item.meta)
+            except ImageError as exc:
+                first = first or str(exc)
+                continue
+            ok += 1
+            if ok >= need:
+                return
+        root, n = self.calib.root, len(items)
+        if n == 0:
+            raise DeployzooError(f"{root}: no calibration images")
+        if ok == 0:
+            what = "the 1 calibration image is not" if n == 1 else f"none of the {n} calibration images is"
+            raise DeployzooError(f"{root}: {what} readable (first: {first})")
+        if first is None:
+            raise DeployzooError(f"{root}: {n} calibration image{'s' if n > 1 else ''}, fewer than the engine's fixed "
+                                 f"batch {need}: give at least {need} (--calib-size)")
+        are = "is" if ok == 1 else "are"
+        raise DeployzooError(f"{root}: only {ok} of the {n} calibration images {are} readable, fewer than the engine's "
+                             f"fixed batch {need} (first unreadable: {first})")
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         if self._it is None:

@@ -22,7 +22,7 @@ import numpy as np
 
 from deployzoo.data.face_align import INPUT_SIZE, AlignmentError, align_face
 from deployzoo.data.images import SourceItem, list_source
-from deployzoo.engine import atomic_write_text
+from deployzoo.files import atomic_write_text
 from deployzoo.errors import DeployzooError
 from deployzoo.tasks.base import Prepared, demo_sets
 

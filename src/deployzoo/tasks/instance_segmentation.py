@@ -233,7 +233,7 @@ class CocoResultsWriter:
         pass  # the record reaches predictions.jsonl; close() derives the results list from there
 
     def close(self) -> None:
-        from deployzoo.engine import atomic_write_file
+        from deployzoo.files import atomic_write_file
         from deployzoo.predict import PRED_FILE, iter_records
 
         src = self.out_dir / PRED_FILE
@@ -287,7 +287,7 @@ class CocoRunData:
                 f"at {post['mask_thr']}; pycocotools COCOeval (AP as fractions, as the seed).")
 
     def evaluate(self, pred_dir: Path, plot_path: Path | None = None, title: str | None = None) -> dict[str, Any]:
-        from deployzoo.engine import atomic_write_text
+        from deployzoo.files import atomic_write_text
         from deployzoo.metrics.coco import evaluate
 
         results = pred_dir / RESULTS_FILE
