@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -51,27 +52,108 @@ def load_annotations(path: str | Path):
     return coco
 
 
+def _shown(value: Any, limit: int = 60) -> str:
+    """A value as the results file spells it (JSON: NaN, Infinity, true, null), cut to `limit` characters."""
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _check_rle(seg: Any, img: dict[str, Any] | None, where: str) -> None:
+    """An RLE segmentation: size [height, width] (2 non-negative ints, the image's size when it is known) and
+    counts, a compressed string or a list of non-negative run lengths covering the image."""
+    if not (isinstance(seg, dict) and "counts" in seg and "size" in seg):
+        raise DeployzooError(f"{where} segmentation must be RLE (size, counts)")
+    size, counts = seg["size"], seg["counts"]
+    if not (isinstance(size, list) and len(size) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in size)):
+        raise DeployzooError(f"{where} segmentation size {_shown(size)}: expected [height, width], 2 non-negative ints")
+    if img is not None and "height" in img and "width" in img and size != [img["height"], img["width"]]:
+        raise DeployzooError(f"{where} segmentation size {_shown(size)}, but image {img.get('id')} is "
+                             f"{img['height']} x {img['width']} (height x width)")
+    if isinstance(counts, list):
+        h, w = size
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in counts) or sum(counts) != h * w:
+            raise DeployzooError(f"{where} segmentation counts: run lengths must be non-negative ints summing to "
+                                 f"{h}*{w} = {h * w}")
+    elif not isinstance(counts, str):
+        raise DeployzooError(f"{where} segmentation counts must be an RLE string or a list of run lengths, "
+                             f"got {type(counts).__name__}")
+
+
 def check_results(results: list[dict[str, Any]], coco: Any, path: str | Path) -> tuple[str, ...]:
-    """The IoU types the results carry ('bbox', 'segm'); errors for malformed entries and for image / category
-    ids the annotations do not have (pycocotools would assert or score them as false positives elsewhere)."""
+    """The IoU types the results carry ('bbox', 'segm'); one-line errors (naming `path` and the result index)
+    for what pycocotools would crash on or silently mis-score:
+
+    - a missing image_id / category_id / score, or ids the annotations do not have;
+    - a score that is not a finite number (NaN / Infinity literals parse with Python's json);
+    - a bbox that is not 4 finite numbers [x, y, w, h] or has a negative width / height (zero is allowed);
+    - a segmentation that is not RLE: size must be [height, width] (2 non-negative ints, the image's size when
+      the annotations give it), counts a compressed string or a list of run lengths summing to height * width;
+    - results that differ in carrying a bbox or a segmentation (pycocotools' loadRes treats every result like
+      result [0]). A segmentation result may carry `"bbox": []` (no box), as pycocotools allows.
+    """
     if not isinstance(results, list) or not results:
         raise DeployzooError(f"{path}: expected a non-empty JSON list of COCO results")
     img_ids, cat_ids = set(coco.getImgIds()), set(coco.getCatIds())
-    has_box = has_seg = False
+    imgs = getattr(coco, "imgs", {})
+    first_box = first_seg = None
     for i, r in enumerate(results):
+        where = f"{path}: result [{i}]"
         if not isinstance(r, dict) or "image_id" not in r or "category_id" not in r or "score" not in r:
-            raise DeployzooError(f"{path}: result [{i}] needs image_id, category_id and score")
-        if r["image_id"] not in img_ids:
-            raise DeployzooError(f"{path}: result [{i}] has image_id {r['image_id']}, not in the annotations")
-        if r["category_id"] not in cat_ids:
-            raise DeployzooError(f"{path}: result [{i}] has category_id {r['category_id']}, not in the annotations")
-        has_box |= "bbox" in r
-        has_seg |= "segmentation" in r
-        if "segmentation" in r and not (isinstance(r["segmentation"], dict) and "counts" in r["segmentation"]):
-            raise DeployzooError(f"{path}: result [{i}] segmentation must be RLE (size, counts)")
-    if not (has_box or has_seg):
+            raise DeployzooError(f"{where} needs image_id, category_id and score")
+        try:
+            known_img, known_cat = r["image_id"] in img_ids, r["category_id"] in cat_ids
+        except TypeError:  # an unhashable id (a list, an object)
+            known_img = known_cat = False
+        if not known_img:
+            raise DeployzooError(f"{where} has image_id {_shown(r['image_id'])}, not in the annotations")
+        if not known_cat:
+            raise DeployzooError(f"{where} has category_id {_shown(r['category_id'])}, not in the annotations")
+        score = r["score"]
+        if not (_is_number(score) and math.isfinite(score)):
+            raise DeployzooError(f"{where} score {_shown(score)}: not a finite number")
+        has_seg = "segmentation" in r
+        has_box = "bbox" in r and not (has_seg and r["bbox"] == [])
+        if has_box:
+            bb = r["bbox"]
+            if not (isinstance(bb, list) and len(bb) == 4 and all(_is_number(v) for v in bb)):
+                raise DeployzooError(f"{where} bbox {_shown(bb)}: expected 4 numbers [x, y, w, h]")
+            if not all(math.isfinite(v) for v in bb):
+                raise DeployzooError(f"{where} bbox {_shown(bb)}: not finite")
+            if bb[2] < 0 or bb[3] < 0:
+                raise DeployzooError(f"{where} bbox {_shown(bb)}: negative width/height")
+        if has_seg:
+            _check_rle(r["segmentation"], imgs.get(r["image_id"]), where)
+        if i == 0:
+            first_box, first_seg = has_box, has_seg
+        for name, has, first in (("bbox", has_box, first_box), ("segmentation", has_seg, first_seg)):
+            if has != first:
+                raise DeployzooError(f"{where} has {'a' if has else 'no'} {name}, result [0] has "
+                                     f"{'one' if first else 'none'} (every result needs the same fields)")
+    if not (first_box or first_seg):
         raise DeployzooError(f"{path}: results have neither bbox nor segmentation")
-    return tuple(t for t, ok in (("bbox", has_box), ("segm", has_seg)) if ok)
+    return tuple(t for t, ok in (("bbox", first_box), ("segm", first_seg)) if ok)
+
+
+def _for_pycocotools(r: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a checked result that pycocotools' loadRes takes: uncompressed RLE (counts a list of run
+    lengths) becomes the compressed string (loadRes' mask area needs it)."""
+    out = dict(r)
+    seg = out.get("segmentation")
+    if isinstance(seg, dict) and isinstance(seg.get("counts"), list):
+        from pycocotools import mask as mask_utils
+
+        h, w = seg["size"]
+        rle = mask_utils.frPyObjects({"size": [h, w], "counts": seg["counts"]}, h, w)
+        out["segmentation"] = {"size": [h, w], "counts": rle["counts"].decode("ascii")}
+    return out
 
 
 def evaluate(results: str | Path | list[dict[str, Any]], ann: str | Path | Any,
@@ -88,7 +170,7 @@ def evaluate(results: str | Path | list[dict[str, Any]], ann: str | Path | Any,
     text = io.StringIO()
     for t in iou_types:
         with contextlib.redirect_stdout(io.StringIO()):
-            dt = coco.loadRes([dict(r) for r in res])
+            dt = coco.loadRes([_for_pycocotools(r) for r in res])
         ev = COCOeval(coco, dt, t)
         with contextlib.redirect_stdout(io.StringIO()):
             ev.evaluate()

@@ -20,14 +20,20 @@ shared by the three settings (tests/test_widerface_metric.py checks it against a
 
 Reading differs from the official get_preds only where the official one would crash or misread: blank lines
 and extra spaces or tabs are accepted, a line that is not exactly five numbers is an error (the official
-tool silently uses the first five tokens, and skips a line that starts with a space), and only ``*.txt``
-files are read.
+tool silently uses the first five tokens, and skips a line that starts with a space), line 2 must be the box
+count and match the boxes that follow (the official tool ignores it, so a file cut short scored silently),
+and only ``*.txt`` files are read.
+
+Boxes of negative width or height are accepted and scored exactly as the official tool scores them (x2 = x + w
+lies left of x, so under the +1 convention they overlap no face unless w or h is inside (-1, 0)): one warning
+per evaluation gives their number and the first file.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,8 +82,10 @@ def read_pred_file(path: str | Path) -> tuple[str, np.ndarray]:
     """One prediction file: (image key, N x 5 float64 x y w h score).
 
     Line 1 is the image name (a path is allowed); the key is its basename with '.jpg' characters stripped
-    from the right, exactly as the official tool does (``rstrip('.jpg')``). Line 2, the box count, is not
-    used (nor is it by the official tool). Each further non-blank line is 'x y w h score'.
+    from the right, exactly as the official tool does (``rstrip('.jpg')``). Line 2 is the box count: a
+    non-negative integer equal to the number of boxes (the official tool does not read it; here it catches a
+    file cut short or a missing count line); it may be blank or absent only when no box follows. Each further
+    non-blank line is 'x y w h score'. Errors name the file and line.
     """
     path = Path(path)
     try:
@@ -85,7 +93,7 @@ def read_pred_file(path: str | Path) -> tuple[str, np.ndarray]:
     except OSError as exc:
         raise DeployzooError(f"{path}: cannot read prediction file ({exc.strerror or exc})") from None
     head, _, rest = data.partition(b"\n")
-    _, _, body = rest.partition(b"\n")
+    count_line, _, body = rest.partition(b"\n")
     try:
         name = head.rstrip(b"\r\n").decode("utf-8").strip()
     except UnicodeDecodeError:
@@ -93,19 +101,58 @@ def read_pred_file(path: str | Path) -> tuple[str, np.ndarray]:
     if not name:
         raise DeployzooError(f"{path}:1: first line must be the image name")
     key = name.split("/")[-1].rstrip(".jpg")
+    count_text = count_line.decode("utf-8", "replace").strip()
+    if count_text and not re.fullmatch(r"[0-9]+", count_text):
+        raise DeployzooError(f"{path}:2: count line {count_text[:40]!r} is not a box count (a non-negative integer)")
+    arr = _read_boxes(path, body)
+    if not count_text and len(arr):
+        raise DeployzooError(f"{path}:2: count line '' is not a box count (a non-negative integer)")
+    if count_text and int(count_text) != len(arr):
+        raise DeployzooError(f"{path}:2: count line says {int(count_text)} boxes, the file has {len(arr)}")
+    return key, arr
+
+
+def _read_boxes(path: Path, body: bytes) -> np.ndarray:
+    """The 'x y w h score' lines (from line 3) as N x 5 float64."""
     if not body.strip():
-        return key, np.zeros((0, 5))
+        return np.zeros((0, 5))
     try:  # numpy's C reader: exact (float()'s rounding) and it rejects rows of unequal length
         text = body.decode("utf-8")
         arr = np.loadtxt(text.split("\n"), dtype=np.float64, comments=None, ndmin=2)
         if arr.shape[1] == 5:
-            return key, arr
+            return arr
     except (UnicodeDecodeError, ValueError):
         pass
-    return key, _slow_numbers(path, body, 3)  # float() per token (as the official), or an error naming the line
+    return _slow_numbers(path, body, 3)  # float() per token (as the official), or an error naming the line
 
 
-def _read_event_dir(ev_dir: Path) -> dict[str, np.ndarray]:
+def _box_line(path: Path, index: int) -> int:
+    """The line number of box `index` (0-based) of a prediction file that read_pred_file has read."""
+    lines = Path(path).read_bytes().split(b"\n")
+    boxes = [i for i, raw in enumerate(lines[2:], start=3) if raw.split()]
+    return boxes[index] if index < len(boxes) else 3 + index
+
+
+def _negative(arr: np.ndarray) -> np.ndarray:
+    """Indices of boxes of negative width or height."""
+    return np.flatnonzero((arr[:, 2] < 0) | (arr[:, 3] < 0)) if len(arr) else np.zeros(0, np.int64)
+
+
+_NEGATIVE_NOTE = ("scored as the official tool scores them (x2 = x + w lies left of x: they overlap no face "
+                  "unless w or h is inside (-1, 0), so they count as false positives); check the box decoding")
+
+
+def _warn_negative(where: str, found: list[tuple[str, int, int]], unit: str, first: str) -> None:
+    """One warning for all boxes of negative width / height: found is (source, count, first index) per file."""
+    if found:
+        n = sum(c for _, c, _ in found)
+        log.warning("%s: %d predicted boxes of negative width or height in %d %s (first: %s); %s", where, n,
+                    len(found), unit, first, _NEGATIVE_NOTE)
+
+
+def _read_event_dir(ev_dir: Path, negative: list[tuple[str, int, int]] | None = None) -> dict[str, np.ndarray]:
+    """key -> boxes of every *.txt file of an event directory (sorted by file name); files holding boxes of
+    negative width / height are appended to `negative` as (path, count, first box index)."""
     cur: dict[str, np.ndarray] = {}
     with os.scandir(ev_dir) as it:
         entries = sorted((e for e in it if e.is_file() and e.name.endswith(".txt")), key=lambda e: e.name)
@@ -114,6 +161,9 @@ def _read_event_dir(ev_dir: Path) -> dict[str, np.ndarray]:
         if key in cur:
             log.warning("%s: image %r is also in another file of %s; keeping this one", entry.path, key, ev_dir)
         cur[key] = arr
+        neg = _negative(arr)
+        if negative is not None and len(neg):
+            negative.append((entry.path, len(neg), int(neg[0])))
     return cur
 
 
@@ -121,17 +171,19 @@ def read_predictions(pred_dir: str | Path, gt: WiderGT) -> Preds:
     """Read ``pred_dir/<event>/<name>.txt`` for every image of ``gt`` (the official layout).
 
     Event directories that the ground truth does not name are read too, as the official tool does: their
-    scores take part in the global score normalisation (a warning says so).
+    scores take part in the global score normalisation (a warning says so). Boxes of negative width or height
+    are kept (the official tool scores them) with one warning giving their number and the first file and line.
     """
     pred_dir = Path(pred_dir)
     if not pred_dir.is_dir():
         raise DeployzooError(f"{pred_dir}: prediction directory not found")
     preds: Preds = {}
+    negative: list[tuple[str, int, int]] = []
     for event, names in zip(gt.events, gt.files):
         ev_dir = pred_dir / event
         if not ev_dir.is_dir():
             raise DeployzooError(f"{pred_dir}: predictions for event {event!r} missing (no {event}/ directory)")
-        cur = _read_event_dir(ev_dir)
+        cur = _read_event_dir(ev_dir, negative)
         for n in names:
             if n not in cur:
                 raise DeployzooError(f"{ev_dir}: no predictions for image {event}/{n} ({n}.txt missing)")
@@ -139,16 +191,21 @@ def read_predictions(pred_dir: str | Path, gt: WiderGT) -> Preds:
     known = set(gt.events)
     extra = sorted(e.name for e in os.scandir(pred_dir) if e.is_dir() and e.name not in known)
     for event in extra:
-        preds[event] = _read_event_dir(pred_dir / event)
+        preds[event] = _read_event_dir(pred_dir / event, negative)
     if extra:
         log.warning("%s: %d event dirs not in the ground truth (%s); their scores count in the score "
                     "normalisation, as in the official tool", pred_dir, len(extra), ", ".join(extra[:3]))
+    if negative:
+        src, _, idx = negative[0]
+        _warn_negative(str(pred_dir), negative, "files", f"{src}:{_box_line(Path(src), idx)}")
     return preds
 
 
 def _check_preds(preds: Preds, gt: WiderGT) -> Preds:
-    """A float64 N x 5 copy of in-memory predictions, checked against the ground truth."""
+    """A float64 N x 5 copy of in-memory predictions, checked against the ground truth; boxes of negative
+    width / height are kept (one warning, as for files)."""
     out: Preds = {}
+    negative: list[tuple[str, int, int]] = []
     for event, d in preds.items():
         out[event] = {}
         for name, v in d.items():
@@ -158,6 +215,12 @@ def _check_preds(preds: Preds, gt: WiderGT) -> Preds:
             if a.ndim != 2 or a.shape[1] != 5:
                 raise DeployzooError(f"predictions {event}/{name}: expected N x 5 (x y w h score), got {a.shape}")
             out[event][name] = a
+            neg = _negative(a)
+            if len(neg):
+                negative.append((f"{event}/{name}", len(neg), int(neg[0])))
+    if negative:
+        src, _, idx = negative[0]
+        _warn_negative("predictions", negative, "images", f"{src} box {idx + 1}")
     for event, names in zip(gt.events, gt.files):
         if event not in out:
             raise DeployzooError(f"predictions: event {event!r} missing")
