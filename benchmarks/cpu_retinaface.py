@@ -71,8 +71,8 @@ def detections(eng: Path) -> list[dict]:
     loaded = load_engine(eng, threads=THREADS)
     out = []
     for im in imgs:
-        p = loaded.task.prepare(im, loaded.manifest["input"])
-        out += loaded.task.postprocess(loaded.runner.run(p.tensor[None]), [p.meta], loaded.manifest["postprocess"])
+        p = loaded.task.prepare(im, loaded.engine.input)
+        out += loaded.task.postprocess(loaded.runner.run(p.tensor[None]), [p.meta], dict(loaded.engine.post))
     return out
 
 

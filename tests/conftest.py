@@ -21,6 +21,21 @@ def run_cli(args: list[str]) -> None:
         assert e.code == 0
 
 
+def engine_stub(input: dict | None = None, batch: dict | None = None, backend: str = "ort", post: dict | None = None,
+                outputs: tuple[str, ...] = ()):
+    """An Engine description with only what a pipeline test needs (no files behind it): for Loaded(...) around
+    test doubles of a runner and a task."""
+    from deployzoo.engine import Engine
+    from deployzoo.specs import BatchSpec, InputSpec
+
+    return Engine(dir=Path("eng"), model="retinaface", variant="mobilenet0.25", task="face_detection",
+                  backend=backend, precision="fp32", model_file="model.onnx", files={},
+                  input=InputSpec.from_dict(input or {}), batch=BatchSpec.from_dict(batch or {"dynamic": True,
+                                                                                             "min": 1, "max": 64}),
+                  outputs=outputs, post=post or {}, options={}, compile={}, weights={}, source_graph={},
+                  calibration=None, warnings=(), created="", manifest={})
+
+
 def need_fixture(path: Path):
     return pytest.mark.skipif(not path.exists(), reason=f"needs {path} (../shared/fixtures is absent in a fresh clone)")
 

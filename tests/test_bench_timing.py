@@ -17,7 +17,7 @@ from deployzoo.engine import gpu_info, nvidia_smi, versions
 from deployzoo.errors import DeployzooError
 from deployzoo.progress import progress_bar
 from deployzoo.report import bench_markdown
-from conftest import run_cli
+from conftest import engine_stub, run_cli
 
 HW = (64, 64)
 FAST = dict(batches=(1,), iters=3, warmup=1, threads=1, imgsz=HW)
@@ -68,7 +68,7 @@ class FakeRunner:
     """A runner that sleeps per call and records what it was called with, from which threads, how many at once."""
 
     def __init__(self, fail: bool = False, sleep: float = 0.01) -> None:
-        self.manifest = {"input": {"name": "images", "mean": [0.0] * 3, "std": [1.0] * 3}}
+        self.engine = engine_stub()
         self.torch_device, self.device, self.image_name = torch.device("cpu"), "cpu", "images"
         self.fail, self.sleep = fail, sleep
         self.lock = threading.Lock()

@@ -5,6 +5,7 @@ import pytest
 import torch
 from torchvision.ops import nms
 
+from deployzoo.specs import InputSpec
 from deployzoo.tasks.face_detection import (FaceDetectionTask, collate, letterbox, preprocess, select, select_tensors,
                                             write_widerface_txt)
 
@@ -94,14 +95,14 @@ def test_empty_selection(sel):
 
 def test_preprocess_origin_is_bgr_minus_mean():
     img = np.full((5, 7, 3), (110, 120, 130), np.uint8)
-    p = preprocess(img, {"imgsz": "origin", "mean": [104, 117, 123]})
+    p = preprocess(img, InputSpec.from_dict({"imgsz": "origin", "mean": [104, 117, 123]}))
     assert p.tensor.shape == (3, 5, 7) and p.meta["scale"] == 1.0
     np.testing.assert_array_equal(p.tensor[:, 0, 0], [6, 3, 7])
 
 
 def test_letterbox_maps_boxes_back_to_original_pixels():
     img = np.zeros((200, 400, 3), np.uint8)
-    p = preprocess(img, {"imgsz": [100, 100], "mean": [0, 0, 0]})
+    p = preprocess(img, InputSpec(imgsz=(100, 100)))
     assert p.tensor.shape == (3, 100, 100) and p.meta["scale"] == 0.25
     assert np.all(p.tensor[:, 50:, :] == 0)  # padding below the 50-row resized image
     task = FaceDetectionTask()
@@ -115,8 +116,8 @@ def test_letterbox_maps_boxes_back_to_original_pixels():
 
 
 def test_collate_pads_bottom_right():
-    a = preprocess(np.full((4, 6, 3), 200, np.uint8), {"imgsz": "origin"})
-    b = preprocess(np.full((5, 3, 3), 200, np.uint8), {"imgsz": "origin"})
+    a = preprocess(np.full((4, 6, 3), 200, np.uint8), InputSpec(mean=(104.0, 117.0, 123.0)))
+    b = preprocess(np.full((5, 3, 3), 200, np.uint8), InputSpec(mean=(104.0, 117.0, 123.0)))
     x = collate([a, b])
     assert x.shape == (2, 3, 5, 6)
     assert np.all(x[0, :, 4:, :] == 0) and np.all(x[1, :, :, 3:] == 0)

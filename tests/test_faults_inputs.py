@@ -18,8 +18,10 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import engine_stub
 from deployzoo.data.images import ImageError, SourceItem, decode_image, list_source, read_item_bytes
 from deployzoo.errors import DeployzooError
+from deployzoo.specs import InputSpec
 
 ORIENTATIONS = range(1, 9)
 
@@ -80,9 +82,9 @@ def test_decode_without_exif_orientation_is_the_stored_image(exif_dir, o):
     assert np.array_equal(decode_image(_bytes(p), str(p)), stored)
     assert np.array_equal(decode_image(_bytes(p), str(p), exif_orientation=False), stored)
     # a spec (manifest) without the key is an engine built before it: the old reading, no orientation
-    assert np.array_equal(decode_for_spec(_bytes(p), str(p), {"color": "BGR"}), stored)
-    assert np.array_equal(decode_for_spec(_bytes(p), str(p), {"color": "BGR", "exif_orientation": False}), stored)
-    assert np.array_equal(decode_for_spec(_bytes(p), str(p), {"color": "RGB", "exif_orientation": True}),
+    assert np.array_equal(decode_for_spec(_bytes(p), str(p), InputSpec.from_dict({"color": "BGR"})), stored)
+    assert np.array_equal(decode_for_spec(_bytes(p), str(p), InputSpec(color="BGR", exif_orientation=False)), stored)
+    assert np.array_equal(decode_for_spec(_bytes(p), str(p), InputSpec(color="RGB", exif_orientation=True)),
                           cv2.imread(str(p), cv2.IMREAD_COLOR)[..., ::-1])
 
 
@@ -260,8 +262,8 @@ def test_device_pipeline_reads_exif_orientation_from_the_manifest(exif_dir):
     items = [SourceItem(exif_dir / f"o{o}.jpg", f"o{o}.jpg") for o in ORIENTATIONS]
     for flag in (True, False, None):
         spec = {"name": "images", "color": "BGR", **({} if flag is None else {"exif_orientation": flag})}
-        m = {"input": spec, "batch": {"dynamic": True, "min": 1, "max": 8}, "postprocess": {}, "backend": "torch"}
-        loaded = Loaded(Path("eng"), m, _EchoRunner(), _ShapeTask())
+        eng = engine_stub(spec, {"dynamic": True, "min": 1, "max": 8}, backend="torch")
+        loaded = Loaded(eng, _EchoRunner(), _ShapeTask())
         got: dict[str, tuple[np.ndarray, dict]] = {}
         run_batches_device(loaded, items, batch=3,
                            on_result=lambda it, img, rec: got.__setitem__(it.name, (img, rec)),
@@ -303,9 +305,9 @@ def test_host_pipeline_reads_exif_orientation_from_the_manifest(exif_dir):
     items = [SourceItem(exif_dir / f"o{o}.{ext}", f"o{o}.{ext}") for o in ORIENTATIONS for ext in ("jpg", "png")]
     for flag in (True, False, None):
         spec = {"name": "images", "color": "BGR", **({} if flag is None else {"exif_orientation": flag})}
-        m = {"input": spec, "batch": {"dynamic": True, "min": 1, "max": 8}, "postprocess": {}}
+        eng = engine_stub(spec, {"dynamic": True, "min": 1, "max": 8})
         got: dict[str, tuple[np.ndarray, dict]] = {}
-        run_batches(Loaded(Path("eng"), m, _HostEchoRunner(), _HostShapeTask()), items, batch=3,
+        run_batches(Loaded(eng, _HostEchoRunner(), _HostShapeTask()), items, batch=3,
                     on_result=lambda it, img, rec: got.__setitem__(it.name, (img, rec)),
                     on_skip=lambda it, e: pytest.fail(e), times=StageTimes(), keep_image=True, workers=2)
         for it in items:
@@ -331,8 +333,7 @@ def test_calibration_reader_follows_the_spec(exif_dir):
     items = [SourceItem(exif_dir / f"o{o}.jpg", f"o{o}.jpg") for o in (1, 6, 8)]
     for flag in (True, False):
         seen.clear()
-        r = CalibReader(CalibSet(exif_dir, items, "minmax"), Task(), {"color": "BGR", "exif_orientation": flag},
-                        "images", 1)
+        r = CalibReader(CalibSet(exif_dir, items, "minmax"), Task(), InputSpec(color="BGR", exif_orientation=flag), 1)
         while r.get_next() is not None:
             pass
         for it, img in zip(items, seen):
@@ -465,8 +466,8 @@ def test_calibration_fewer_usable_images_than_a_fixed_batch(exif_dir, tmp_path):
     (tmp_path / "bad.jpg").write_text("x")
     items = [SourceItem(exif_dir / "o1.jpg", "o1.jpg"), SourceItem(tmp_path / "bad.jpg", "bad.jpg"),
              SourceItem(exif_dir / "o2.jpg", "o2.jpg")]
-    CalibReader(CalibSet(tmp_path, items, "minmax"), task, {"color": "BGR"}, "images", 2).check_usable()
+    CalibReader(CalibSet(tmp_path, items, "minmax"), task, InputSpec(), 2).check_usable()
     with pytest.raises(DeployzooError) as e:
-        CalibReader(CalibSet(tmp_path, items, "minmax"), task, {"color": "BGR"}, "images", 4).check_usable()
+        CalibReader(CalibSet(tmp_path, items, "minmax"), task, InputSpec(), 4).check_usable()
     assert str(e.value) == (f"{tmp_path}: only 2 of the 3 calibration images are readable, fewer than the engine's "
                             f"fixed batch 4 (first unreadable: {tmp_path}/bad.jpg: not a decodable image)")

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from deployzoo.models import maskrcnn as mr
+from deployzoo.specs import InputSpec
 from deployzoo.tasks.instance_segmentation import InstanceSegmentationTask, resize_keep_ratio
 
 
@@ -80,14 +81,14 @@ def test_preprocessing_matches_torchvision_transform():
 
     rng = np.random.default_rng(0)
     img = rng.integers(0, 256, (375, 500, 3), dtype=np.uint8)
-    spec = {**mr.INPUT, "resize_impl": "torch", "name": "images"}
+    spec = InputSpec.from_dict({**mr.INPUT, "resize_impl": "torch", "name": "images"})
     x, hw = resize_keep_ratio(img, spec)
     t = GeneralizedRCNNTransform(800, 1333, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]).eval()
     il, _ = t([torch.from_numpy(img).permute(2, 0, 1).float() / 255.0])
     assert hw == tuple(il.image_sizes[0]) == (800, 1066)
     np.testing.assert_allclose(x, il.tensors[0, :, :800, :1066].numpy(), atol=1e-5)
     # mmdetection: cv2 resize of the 8-bit image to int(side * scale + 0.5), then normalise
-    x2, hw2 = resize_keep_ratio(img, {**spec, "resize_impl": "cv2"})
+    x2, hw2 = resize_keep_ratio(img, InputSpec.from_dict({**mr.INPUT, "resize_impl": "cv2"}))
     assert hw2 == (800, 1067) and x2.shape == (3, 800, 1067)
     # a batch of different sizes: padded to the largest, rounded up to 32, with each image's own size
     task = InstanceSegmentationTask()

@@ -8,6 +8,7 @@ tie-break visible)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -28,10 +29,11 @@ from deployzoo.pipeline import STAGES, Loaded, StageTimes, load_engine, run_batc
 from deployzoo.pipeline_device import choose_pipeline, device_pipeline_ok, device_pipeline_reason, run_batches_device
 from deployzoo.predict import predict
 from deployzoo.registry import get_task
+from deployzoo.specs import InputSpec
 from deployzoo.tasks.classification import ClassificationTask
 from deployzoo.tasks.face_detection import FaceDetectionTask, preprocess, select, select_tensors
 
-from conftest import FIXTURES, MNET_WEIGHTS, need_fixture
+from conftest import FIXTURES, MNET_WEIGHTS, engine_stub, need_fixture
 
 COCO = FIXTURES / "coco128" / "images"
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -112,12 +114,12 @@ def _rgb_tensor(img_bgr: np.ndarray) -> torch.Tensor:
 def test_face_prepare_tensors_origin_exact_and_letterbox_close(image_dir):
     imgs = [read_image(p) for p in sorted(image_dir.glob("*.jpg"))]
     task = FaceDetectionTask()
-    spec = {"imgsz": "origin", "mean": [104.0, 117.0, 123.0], "color": "BGR"}
+    spec = InputSpec(mean=(104.0, 117.0, 123.0), color="BGR")
     x, metas = task.prepare_tensors([_rgb_tensor(i) for i in imgs], spec)
     ref = task.collate([preprocess(i, spec) for i in imgs], spec)
     np.testing.assert_array_equal(x.numpy(), ref)
     assert [m["orig_hw"] for m in metas] == [i.shape[:2] for i in imgs]
-    spec = {**spec, "imgsz": [160, 192]}
+    spec = dataclasses.replace(spec, imgsz=(160, 192))
     x, metas = task.prepare_tensors([_rgb_tensor(i) for i in imgs], spec)
     preps = [preprocess(i, spec) for i in imgs]
     d = np.abs(x.numpy() - task.collate(preps, spec))
@@ -130,13 +132,13 @@ def test_face_prepare_tensors_origin_exact_and_letterbox_close(image_dir):
 def test_classification_prepare_tensors_close_to_pil(interp, resize):
     from skimage.data import astronaut, coffee
 
-    spec = {"color": "RGB", "mean": [123.675, 116.28, 103.53], "std": [58.395, 57.12, 57.375], "resize": resize,
-            "crop": 224, "interpolation": interp}
+    spec = InputSpec.from_dict({"color": "RGB", "mean": [123.675, 116.28, 103.53], "std": [58.395, 57.12, 57.375],
+                                "resize": resize, "crop": 224, "interpolation": interp})
     task = ClassificationTask()
     imgs = [astronaut(), coffee(), np.random.default_rng(0).integers(0, 255, (300, 200, 3), dtype=np.uint8)]
     x, _ = task.prepare_tensors([torch.from_numpy(i).permute(2, 0, 1).contiguous() for i in imgs], spec)
     ref = task.collate([task.prepare(i, spec) for i in imgs], spec)
-    std = np.asarray(spec["std"], np.float32).reshape(1, 3, 1, 1)
+    std = np.asarray(spec.std, np.float32).reshape(1, 3, 1, 1)
     d = np.abs(x.numpy() - ref) * std  # in grey levels
     # torchvision's antialiased tensor resize vs PIL's: within one level, and equal almost everywhere (measured
     # mean 0.007 on real photos and 0.03 on noise); stated tolerance: mean < 0.1 level, max <= 1 level
@@ -247,7 +249,7 @@ def test_forcing_device_pipeline_on_ort_engine_is_one_line_error(mnet_random_fp3
 def test_host_only_tasks_are_refused_with_the_reason():
     runner = SimpleNamespace(run_tensors=lambda x: x, torch_device=torch.device("cpu"), device="cpu")
     for task, why in (("face_recognition", "tensor"), ("instance_segmentation", "tensor")):
-        loaded = Loaded(Path("eng"), {"backend": "torch", "input": {}}, runner, get_task(task))
+        loaded = Loaded(engine_stub(backend="torch"), runner, get_task(task))
         assert why in device_pipeline_reason(loaded)
         with pytest.raises(DeployzooError, match="--pipeline device not possible"):
             choose_pipeline(loaded, "device")
@@ -289,18 +291,18 @@ def test_cuda_pre_processing_close_to_host(image_dir):
     imgs = [read_image(p) for p in sorted(image_dir.glob("*.jpg"))]
     task = FaceDetectionTask()
     for imgsz in ("origin", [160, 192]):
-        spec = {"imgsz": imgsz, "mean": [104.0, 117.0, 123.0], "color": "BGR"}
+        spec = InputSpec.from_dict({"imgsz": imgsz, "mean": [104.0, 117.0, 123.0], "color": "BGR"})
         x, _ = task.prepare_tensors([_rgb_tensor(i).cuda() for i in imgs], spec)
         d = np.abs(x.cpu().numpy() - task.collate([preprocess(i, spec) for i in imgs], spec))
         assert d.max() <= 1.0 and d.mean() < 0.1, (imgsz, d.max(), d.mean())
     from skimage.data import astronaut
 
-    spec = {"color": "RGB", "mean": [123.675, 116.28, 103.53], "std": [58.395, 57.12, 57.375], "resize": 233,
-            "crop": 224, "interpolation": "bicubic"}
+    spec = InputSpec.from_dict({"color": "RGB", "mean": [123.675, 116.28, 103.53], "std": [58.395, 57.12, 57.375],
+                                "resize": 233, "crop": 224, "interpolation": "bicubic"})
     ctask = ClassificationTask()
     x, _ = ctask.prepare_tensors([torch.from_numpy(astronaut()).permute(2, 0, 1).contiguous().cuda()], spec)
     d = np.abs(x.cpu().numpy() - ctask.collate([ctask.prepare(astronaut(), spec)], spec))
-    d *= np.asarray(spec["std"], np.float32).reshape(1, 3, 1, 1)
+    d *= np.asarray(spec.std, np.float32).reshape(1, 3, 1, 1)
     # float (not uint8) antialiased resize on CUDA: measured on CPU as mean ~0.15, max 5 levels vs PIL
     assert d.mean() < 0.5 and d.max() <= 8, (d.mean(), d.max())
 

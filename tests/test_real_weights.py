@@ -22,8 +22,8 @@ def _detect(engine, img):
     from deployzoo.pipeline import load_engine
 
     loaded = load_engine(engine)
-    p = loaded.task.prepare(img, loaded.manifest["input"])
-    return loaded.task.postprocess(loaded.runner.run(p.tensor[None]), [p.meta], loaded.manifest["postprocess"])[0]
+    p = loaded.task.prepare(img, loaded.engine.input)
+    return loaded.task.postprocess(loaded.runner.run(p.tensor[None]), [p.meta], dict(loaded.engine.post))[0]
 
 
 def test_astronaut_face_found_with_high_score(mnet_real_fp32):

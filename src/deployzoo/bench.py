@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import psutil
 
-from deployzoo.engine import batch_allows, batch_rule, gpu_info, machine, now_iso, versions
+from deployzoo.engine import Engine, gpu_info, machine, now_iso, versions
 from deployzoo.errors import DeployzooError
 from deployzoo.pipeline import STAGES, StageTimes, load_engine, run_batches
 from deployzoo.progress import progress_bar
@@ -101,15 +101,10 @@ def check_config(cfg: BenchConfig) -> None:
         raise DeployzooError(f"--iters {cfg.iters} / --warmup {cfg.warmup}: need iters >= 1 and warmup >= 0")
 
 
-def input_hw(manifest: dict[str, Any], imgsz: tuple[int, int] | None) -> tuple[int, int]:
-    sz = manifest["input"].get("imgsz", "origin")
-    if sz == "origin":
+def input_hw(engine: Engine, imgsz: tuple[int, int] | None) -> tuple[int, int]:
+    if engine.input.origin:
         return tuple(imgsz or DEFAULT_ORIGIN_HW)  # type: ignore[return-value]
-    return int(sz[0]), int(sz[1])
-
-
-def engine_label(m: dict[str, Any]) -> str:
-    return f"{m['model']}-{m['variant']}"
+    return engine.input.imgsz  # type: ignore[return-value]
 
 
 def bench_engine(engine_dir: str | Path, cfg: BenchConfig) -> list[dict[str, Any]]:
@@ -120,22 +115,22 @@ def bench_engine(engine_dir: str | Path, cfg: BenchConfig) -> list[dict[str, Any
     rows: list[dict[str, Any]] = []
     with RssSampler() as rss:
         loaded = load_engine(engine_dir, threads=cfg.threads, device=cfg.device)
-        m = loaded.manifest
-        hw = input_hw(m, cfg.imgsz)
+        e = loaded.engine
+        hw = input_hw(e, cfg.imgsz)
         common = {
-            "engine": str(engine_dir), "model": engine_label(m), "backend": m["backend"], "precision": m["precision"],
-            "input_hw": list(hw), "origin_size_engine": m["input"].get("imgsz") == "origin",
+            "engine": str(engine_dir), "model": e.label, "backend": e.backend, "precision": e.precision,
+            "input_hw": list(hw), "origin_size_engine": e.input.origin,
             "device": loaded.runner.device, "threads": cfg.threads or "runtime default",
-            "warnings": m.get("warnings", []),
+            "warnings": list(e.warnings),
         }
         rng = np.random.default_rng(0)
-        ok = [b for b in cfg.batches if batch_allows(m, b)]
+        ok = [b for b in cfg.batches if e.batch.allows(b)]
         if not ok:
             raise DeployzooError(f"{engine_dir}: none of the batch sizes {', '.join(map(str, cfg.batches))} runs on "
-                                 f"this engine: batch must be {batch_rule(m)}")
+                                 f"this engine: batch must be {e.batch.rule()}")
         for b in sorted(set(cfg.batches) - set(ok)):
             log.warning("%s: batch %d not supported by this engine, skipped", engine_dir, b)
-        with progress_bar(f"bench {engine_label(m)} {m['backend']} {m['precision']}",
+        with progress_bar(f"bench {e.label} {e.backend} {e.precision}",
                           len(ok) * cfg.streams * (cfg.warmup + cfg.iters)) as bar:
             for b in ok:
                 rows.append(_time_batch(loaded.runner, b, hw, cfg, rng, bar, common))
@@ -164,9 +159,9 @@ def _time_batch(runner: Any, b: int, hw: tuple[int, int], cfg: BenchConfig, rng:
                 common: dict[str, Any]) -> dict[str, Any]:
     import torch
 
-    spec = runner.manifest["input"]  # random pixels, normalised as the engine's real inputs are
-    mean = np.asarray(spec.get("mean", [0.0] * 3), dtype=np.float32).reshape(1, 3, 1, 1)
-    std = np.asarray(spec.get("std", [1.0] * 3), dtype=np.float32).reshape(1, 3, 1, 1)
+    spec = runner.engine.input  # random pixels, normalised as the engine's real inputs are
+    mean = np.asarray(spec.mean, dtype=np.float32).reshape(1, 3, 1, 1)
+    std = np.asarray(spec.std, dtype=np.float32).reshape(1, 3, 1, 1)
     x = np.ascontiguousarray((rng.random((b, 3, *hw), dtype=np.float32) * 255.0 - mean) / std, dtype=np.float32)
     timing = timing_mode(runner, cfg.timing)
     tdev = getattr(runner, "torch_device", None)
@@ -250,9 +245,8 @@ def _bench_e2e(loaded: Any, cfg: BenchConfig, common: dict[str, Any]) -> list[di
     if cfg.e2e_limit:
         items = items[: cfg.e2e_limit]
     rows = []
-    m = loaded.manifest
     for b in cfg.batches:
-        if not batch_allows(m, b):
+        if not loaded.engine.batch.allows(b):
             continue
         # warm-up on the first batch of files
         run(loaded, items[:b], batch=b, on_result=lambda *a: None, on_skip=lambda *a: None, times=StageTimes())

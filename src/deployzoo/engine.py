@@ -11,12 +11,15 @@ import platform
 import re
 import shutil
 import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from deployzoo.errors import DeployzooError
+from deployzoo.specs import BatchSpec, FileRecord, InputSpec
 
 MANIFEST = "manifest.json"
 FORMAT = "deployzoo-engine/2"  # /2: `files` with sha256 + size, validated on load
@@ -321,37 +324,92 @@ def verify_files(engine_dir: str | Path, manifest: dict[str, Any]) -> None:
                                  "build the engine again")
 
 
-def engine_feeds(spec: dict[str, Any], x: Any) -> dict[str, np.ndarray]:
-    """Graph inputs by name for a batch, for an engine whose input spec (manifest["input"]) is `spec`: `x` is the
-    image array, or a dict of every input (as a task's collate gives it); the image input comes back as contiguous
-    float32. Extra inputs an image array does not carry get their defaults: `image_sizes` (each image's valid h, w
-    inside the padded batch) = the whole padded size."""
-    name = spec.get("name", "images")
-    feeds = dict(x) if isinstance(x, dict) else {name: x}
-    feeds[name] = np.ascontiguousarray(feeds[name], dtype=np.float32)
-    for extra in spec.get("extra_inputs", ()):
+def engine_feeds(spec: InputSpec, x: Any) -> dict[str, np.ndarray]:
+    """Graph inputs by name for a batch, for an engine whose input is `spec`: `x` is the image array, or a dict of
+    every input (as a task's collate gives it); the image input comes back as contiguous float32. Extra inputs an
+    image array does not carry get their defaults: `image_sizes` (each image's valid h, w inside the padded batch)
+    = the whole padded size."""
+    feeds = dict(x) if isinstance(x, dict) else {spec.name: x}
+    feeds[spec.name] = np.ascontiguousarray(feeds[spec.name], dtype=np.float32)
+    for extra in spec.extra_inputs:
         if extra in feeds:
             continue
         if extra != "image_sizes":
             raise DeployzooError(f"engine input {extra!r} needs a value (no default for it)")
-        img = feeds[name]
+        img = feeds[spec.name]
         feeds[extra] = np.tile(np.array([img.shape[2:]], dtype=np.int64), (img.shape[0], 1))
     return feeds
 
 
-def batch_allows(manifest: dict[str, Any], n: int) -> bool:
-    b = manifest["batch"]
-    if b.get("dynamic"):
-        return b.get("min", 1) <= n <= b.get("max", 1 << 30)
-    return n == b["size"]
+@dataclass(frozen=True)
+class Engine:
+    """A built engine, as its validated manifest describes it. `Engine.load(dir)` reads, validates and checks the
+    files' hashes once; backends' load, the pipelines, predict, bench and run read its attributes. `manifest` is
+    the JSON as read, for what is recorded verbatim (reports, bench rows)."""
 
+    dir: Path
+    model: str
+    variant: str
+    task: str
+    backend: str
+    precision: str
+    model_file: str
+    files: Mapping[str, FileRecord]
+    input: InputSpec
+    batch: BatchSpec
+    outputs: tuple[str, ...]
+    post: Mapping[str, Any]
+    options: Mapping[str, Any]
+    compile: Mapping[str, Any]
+    weights: Mapping[str, Any]
+    source_graph: Mapping[str, Any]
+    calibration: Mapping[str, Any] | None
+    warnings: tuple[str, ...]
+    created: str
+    manifest: Mapping[str, Any] = field(repr=False)
 
-def batch_rule(manifest: dict[str, Any]) -> str:
-    """The batch sizes an engine takes, in words."""
-    b = manifest["batch"]
-    return f"{b.get('min', 1)}..{b.get('max')}" if b.get("dynamic") else f"exactly {b['size']} (fixed-batch engine)"
+    @classmethod
+    def load(cls, engine_dir: str | Path, verify: bool = True) -> Engine:
+        """The engine in `engine_dir`: manifest read and validated, and (verify) every file's size and sha256
+        checked against it. Any problem is one line naming the manifest key or the file."""
+        d = Path(engine_dir)
+        m = read_manifest(d)
+        if verify:
+            verify_files(d, m)
+        return cls.from_manifest(m, d)
 
+    @classmethod
+    def from_manifest(cls, m: Mapping[str, Any], engine_dir: str | Path) -> Engine:
+        """From a manifest validate_manifest accepted."""
+        return cls(
+            dir=Path(engine_dir), model=m["model"], variant=m["variant"], task=m["task"], backend=m["backend"],
+            precision=m["precision"], model_file=m["model_file"],
+            files={k: FileRecord(v["sha256"], int(v["bytes"])) for k, v in m["files"].items()},
+            input=InputSpec.from_dict(m["input"]), batch=BatchSpec.from_dict(m["batch"]),
+            outputs=tuple(m["outputs"]), post=dict(m["postprocess"]), options=dict(m.get("options") or {}),
+            compile=dict(m.get("compile") or {}), weights=dict(m.get("weights") or {}),
+            source_graph=dict(m.get("source_graph") or {}), calibration=m.get("calibration"),
+            warnings=tuple(m.get("warnings") or ()), created=str(m.get("created", "")), manifest=dict(m),
+        )
 
-def check_batch(manifest: dict[str, Any], n: int, where: str | Path) -> None:
-    if not batch_allows(manifest, n):
-        raise DeployzooError(f"{where}: batch {n} not supported by this engine: batch must be {batch_rule(manifest)}")
+    @property
+    def model_path(self) -> Path:
+        return self.dir / self.model_file
+
+    @property
+    def model_sha256(self) -> str:
+        return self.files[self.model_file].sha256
+
+    @property
+    def graph_sha256(self) -> str | None:
+        """sha256 of the exported graph the engine was built from."""
+        return self.source_graph.get("sha256")
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.dir / MANIFEST
+
+    @property
+    def label(self) -> str:
+        """`model-variant`, as reports name an engine."""
+        return f"{self.model}-{self.variant}"

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from deployzoo.data.images import ImageError, SourceItem, decode_for_spec, read_item_bytes
-from deployzoo.engine import check_batch, read_manifest, verify_files
+from deployzoo.engine import Engine, InputSpec
 from deployzoo.registry import get_backend, get_task
 from deployzoo.tasks.base import Prepared
 
@@ -41,21 +41,24 @@ class StageTimes:
 
 @dataclass
 class Loaded:
-    engine_dir: Path
-    manifest: dict[str, Any]
+    """An engine ready to run: what it is (validated once), its backend's runner, its task."""
+
+    engine: Engine
     runner: Any
     task: Any
 
+    @property
+    def engine_dir(self) -> Path:
+        return self.engine.dir
+
 
 def load_engine(engine_dir: str | Path, threads: int | None = None, device: str | None = None) -> Loaded:
-    engine_dir = Path(engine_dir)
-    m = read_manifest(engine_dir)
-    verify_files(engine_dir, m)
-    runner = get_backend(m["backend"]).load(engine_dir, m, threads=threads, device=device)
-    return Loaded(engine_dir, m, runner, get_task(m["task"]))
+    engine = Engine.load(engine_dir)
+    runner = get_backend(engine.backend).load(engine, threads=threads, device=device)
+    return Loaded(engine, runner, get_task(engine.task))
 
 
-def _load_one(item: SourceItem, task: Any, spec: dict[str, Any], times: StageTimes) -> tuple[SourceItem, Any, Any]:
+def _load_one(item: SourceItem, task: Any, spec: InputSpec, times: StageTimes) -> tuple[SourceItem, Any, Any]:
     t0 = time.perf_counter()
     try:
         data, label = read_item_bytes(item)
@@ -89,7 +92,7 @@ def ordered_map(fn: Callable[[SourceItem], Any], items: Iterable[SourceItem], wo
             yield fut.result()
 
 
-def prefetch(items: Iterable[SourceItem], task: Any, spec: dict[str, Any], times: StageTimes,
+def prefetch(items: Iterable[SourceItem], task: Any, spec: InputSpec, times: StageTimes,
              workers: int = 4, depth: int = 16) -> Iterator[tuple[SourceItem, Any, Any]]:
     """Read + decode + pre-process in a thread pool, at most `depth` images in flight, in source order."""
     return ordered_map(lambda item: _load_one(item, task, spec, times), items, workers, depth)
@@ -108,11 +111,11 @@ def run_batches(
     post: dict[str, Any] | None = None,
 ) -> None:
     """Stream `items` through the engine. A fixed-batch engine gets its last partial batch zero-padded."""
-    m, task, runner = loaded.manifest, loaded.task, loaded.runner
-    check_batch(m, batch, loaded.engine_dir)
-    fixed = not m["batch"].get("dynamic")
-    spec = m["input"]
-    post = post or m["postprocess"]
+    eng, task, runner = loaded.engine, loaded.task, loaded.runner
+    eng.batch.check(batch, eng.dir)
+    fixed = not eng.batch.dynamic
+    spec = eng.input
+    post = post or dict(eng.post)
     buf: list[tuple[SourceItem, np.ndarray | None, Prepared]] = []
 
     def flush() -> None:

@@ -10,7 +10,7 @@ tensors (`run_tensors`, the torch-based backends) and tasks that have the tensor
   fails is retried image by image, and non-JPEG files or JPEGs the device decoder refuses go to
   `torchvision.io.decode_image` on the CPU, then to the host decoder (OpenCV: BMP, TIFF, 16-bit ...), and the
   result is moved to the device; what none can decode is skipped with the host decoder's reason. The EXIF
-  orientation follows the manifest's `input.exif_orientation` (absent: False), as the host reader does: the
+  orientation follows the engine's `input.exif_orientation`, as the host reader does: the
   JPEG decoders here do not apply it (torchvision's CUDA decode_jpeg ignores `apply_exif_orientation`; the CPU
   one would apply it, but both paths do it the same way), so the tag is read from the bytes
   (`jpeg_exif_orientation`, OpenCV's rule) and the flip / transpose is applied to the decoded tensor on the
@@ -52,10 +52,8 @@ import numpy as np
 import torch
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
-from deployzoo.data.images import (ImageError, SourceItem, check_encoded, jpeg_exif_orientation, read_item_bytes,
-                                   spec_exif_orientation)
+from deployzoo.data.images import ImageError, SourceItem, check_encoded, jpeg_exif_orientation, read_item_bytes
 from deployzoo.data.images import decode_image as host_decode_image
-from deployzoo.engine import check_batch
 from deployzoo.errors import DeployzooError
 from deployzoo.pipeline import Loaded, StageTimes, ordered_map, run_batches
 
@@ -66,15 +64,15 @@ PIPELINES = ("auto", "host", "device")
 
 def device_pipeline_reason(loaded: Loaded) -> str | None:
     """Why this engine cannot use the device pipeline, or None when it can."""
-    runner, task, spec = loaded.runner, loaded.task, loaded.manifest["input"]
+    runner, task, spec = loaded.runner, loaded.task, loaded.engine.input
     if not hasattr(runner, "run_tensors") or not isinstance(getattr(runner, "torch_device", None), torch.device):
-        return f"the {loaded.manifest['backend']} backend's runner takes host arrays only (no run_tensors)"
+        return f"the {loaded.engine.backend} backend's runner takes host arrays only (no run_tensors)"
     if not (hasattr(task, "prepare_tensors") and hasattr(task, "postprocess_tensors")):
         return f"task {task.name} has no tensor pre-/post-processing hooks"
     if hasattr(task, "infer"):
         return f"task {task.name} runs its own inference step (e.g. flip test)"
-    if spec.get("extra_inputs"):
-        return f"the engine takes extra inputs ({', '.join(spec['extra_inputs'])})"
+    if spec.extra_inputs:
+        return f"the engine takes extra inputs ({', '.join(spec.extra_inputs)})"
     if hasattr(task, "tensor_spec_ok") and not task.tensor_spec_ok(spec):
         return f"task {task.name}'s tensor hooks do not handle this engine's input spec"
     return None
@@ -239,15 +237,15 @@ def run_batches_device(
     reason = device_pipeline_reason(loaded)
     if reason is not None:
         raise DeployzooError(f"{loaded.engine_dir}: --pipeline device not possible: {reason} (use --pipeline host)")
-    m, task, runner = loaded.manifest, loaded.task, loaded.runner
-    check_batch(m, batch, loaded.engine_dir)
-    fixed = not m["batch"].get("dynamic")
-    spec = m["input"]
-    post = post or m["postprocess"]
+    eng, task, runner = loaded.engine, loaded.task, loaded.runner
+    eng.batch.check(batch, eng.dir)
+    fixed = not eng.batch.dynamic
+    spec = eng.input
+    post = post or dict(eng.post)
     dev: torch.device = runner.torch_device
     cuda = dev.type == "cuda"
-    bgr = str(spec.get("color", "BGR")).upper() == "BGR"
-    exif = spec_exif_orientation(spec)  # the model's official reader's rule; engines built before it: False
+    bgr = spec.bgr
+    exif = spec.exif_orientation  # the model's official reader's rule
     q: queue.Queue = queue.Queue(maxsize=max(1, depth))
     stop = threading.Event()
 

@@ -123,13 +123,11 @@ def settings_identity(loaded: Loaded, post: dict[str, Any], formats: tuple[str, 
                       source: str | Path) -> dict[str, Any]:
     """What makes two predict runs' records interchangeable: the engine's model file (by hash) with its input
     spec (pre-processing), the post-processing settings, the formats written and the source."""
-    m = loaded.manifest
-    model = m.get("files", {}).get(m["model_file"], {})
+    e = loaded.engine
     return {
-        "engine": {"dir": str(Path(loaded.engine_dir).resolve()), "model": m["model"], "variant": m["variant"],
-                   "backend": m["backend"], "precision": m["precision"], "model_file": m["model_file"],
-                   "sha256": model.get("sha256")},
-        "input": m["input"], "postprocess": post, "formats": list(formats), "source": str(Path(source).resolve()),
+        "engine": {"dir": str(e.dir.resolve()), "model": e.model, "variant": e.variant, "backend": e.backend,
+                   "precision": e.precision, "model_file": e.model_file, "sha256": e.model_sha256},
+        "input": e.input.to_dict(), "postprocess": post, "formats": list(formats), "source": str(Path(source).resolve()),
     }
 
 
@@ -202,18 +200,18 @@ def _predict(engine: str | Path | Loaded, source: str | Path, out_dir: Path, *, 
              device: str | None, workers: int, post: dict[str, Any] | None, show_progress: bool,
              pipeline: str) -> PredictSummary:
     loaded = engine if isinstance(engine, Loaded) else load_engine(engine, threads=threads, device=device)
-    m, task = loaded.manifest, loaded.task
+    eng, task = loaded.engine, loaded.task
     which = choose_pipeline(loaded, pipeline)
     formats = tuple(dict.fromkeys((*formats, *getattr(task, "always_formats", ()))))
     for fmt in formats:
         if fmt != "jsonl" and fmt not in task.formats:
-            raise DeployzooError(f"--format {fmt}: not a format of task {m['task']} (jsonl, {', '.join(task.formats)})")
+            raise DeployzooError(f"--format {fmt}: not a format of task {eng.task} (jsonl, {', '.join(task.formats)})")
     if batch is None:
-        batch = 1 if m["batch"].get("dynamic") else int(m["batch"]["size"])
+        batch = eng.batch.default()
     root, items = task_source(task, source)
     pred_path, skip_path, settings_path = out_dir / PRED_FILE, out_dir / SKIP_FILE, out_dir / SETTINGS_FILE
-    summary = PredictSummary(out_dir, images=len(items), warnings=list(m.get("warnings", [])))
-    merged = dict(m["postprocess"])
+    summary = PredictSummary(out_dir, images=len(items), warnings=list(eng.warnings))
+    merged = dict(eng.post)
     merged.update({k: v for k, v in (post or {}).items() if v is not None})
     ident = settings_identity(loaded, merged, formats, source)
     earlier = (pred_path.is_file() and pred_path.stat().st_size > 0) or (skip_path.is_file()
@@ -247,7 +245,7 @@ def _predict(engine: str | Path | Loaded, source: str | Path, out_dir: Path, *, 
     # unbuffered: each record is one write of whole lines, so a failed write (full disk) leaves nothing buffered
     # for close() to fail on again, and a torn line at worst, which --resume cuts off
     with open(pred_path, "ab", buffering=0) as fp, open(skip_path, "ab", buffering=0) as fs, \
-            progress_bar(f"predict {m['model']} {m['precision']}", len(todo), enabled=show_progress) as bar:
+            progress_bar(f"predict {eng.model} {eng.precision}", len(todo), enabled=show_progress) as bar:
 
         def write_result(item: SourceItem, img: np.ndarray | None, rec: dict[str, Any]) -> None:
             for fmt in formats:
@@ -289,7 +287,8 @@ def _predict(engine: str | Path | Loaded, source: str | Path, out_dir: Path, *, 
     summary.seconds = round(time.perf_counter() - t_start, 3)
     summary.stage_seconds = {k: round(v, 3) for k, v in times.seconds.items()}
     info = summary.to_json()
-    info["engine"] = {k: m.get(k) for k in ("model", "variant", "backend", "precision", "input", "batch")}
+    info["engine"] = {"model": eng.model, "variant": eng.variant, "backend": eng.backend, "precision": eng.precision,
+                      "input": eng.input.to_dict(), "batch": eng.batch.to_dict()}
     info["engine_dir"] = str(loaded.engine_dir)
     info["postprocess"] = merged
     info["source"] = str(Path(source))

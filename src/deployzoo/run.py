@@ -13,7 +13,7 @@ from typing import Any
 
 from deployzoo.bench import BenchConfig, bench_engine
 from deployzoo.cache import ensure_engine
-from deployzoo.engine import RANDOM_WEIGHTS_WARNING, machine, now_iso, read_manifest, versions
+from deployzoo.engine import RANDOM_WEIGHTS_WARNING, Engine, machine, now_iso, versions
 from deployzoo.files import atomic_write_text, write_json
 from deployzoo.errors import DeployzooError
 from deployzoo.export import parse_imgsz
@@ -130,11 +130,10 @@ def run_pipeline(cfg: RunConfig) -> RunReport:
         eng = ensure_engine(spec.name, variant=variant, weights=cfg.weights, backend=cfg.backend, precision=prec,
                             imgsz=imgsz, batch=None, calib=calib_set if prec == "int8" else None, cache_dir=cache,
                             options=options(cfg.backend))
-        engines[prec] = eng
-        m = read_manifest(eng)
+        e = engines[prec] = Engine.load(eng, verify=False)  # (predict and bench check its files when they load it)
         pred_dir = out / "predictions" / prec
-        key = _stage_key({"engine": m["source_graph"]["sha256"], "prec": prec, "created": m["created"],
-                          "data": str(data.source), "post": m["postprocess"]})
+        key = _stage_key({"engine": e.graph_sha256, "prec": prec, "created": e.created,
+                          "data": str(data.source), "post": dict(e.post)})
         res = _cached(out / "stages" / f"eval-{prec}.json", key)
         if res is None:
             # resume an interrupted predict of this same engine and settings; any other predictions are replaced
@@ -166,7 +165,7 @@ def run_pipeline(cfg: RunConfig) -> RunReport:
         acc_rows.append([f"{spec.name}-{variant}", prec, *data.accuracy_cells(res, predict_batch), agree_txt])
     # ---------------------------------------------------------------- bench
     bench_rows: list[dict[str, Any]] = []
-    bench_targets = [(p, engines[p]) for p in cfg.precisions]
+    bench_targets = [(p, engines[p].dir) for p in cfg.precisions]
     if cfg.reference and cfg.backend != "torch":  # (a torch run's engines are the eager peer already)
         # the eager peer at fp32 and, on CUDA, at each low precision measured (autocast on the CPU is not a peer
         # anyone ships); built with the engines' own options (device, channels-last, TF32, CUDA graphs)
@@ -181,8 +180,8 @@ def run_pipeline(cfg: RunConfig) -> RunReport:
     bcfg = BenchConfig(batches=batches, iters=cfg.iters, warmup=cfg.warmup, threads=cfg.threads, device=cfg.device,
                        imgsz=None if bench_hw in (None, "origin") else tuple(bench_hw))
     for label, eng in bench_targets:
-        m = read_manifest(eng)
-        key = _stage_key({"engine": str(eng), "created": m["created"], "cfg": bcfg.__dict__})
+        key = _stage_key({"engine": str(eng), "created": Engine.load(eng, verify=False).created,
+                          "cfg": bcfg.__dict__})
         rows = _cached(out / "stages" / f"bench-{label}.json", key)
         if rows is None:
             rows = bench_engine(eng, bcfg)
@@ -194,7 +193,7 @@ def run_pipeline(cfg: RunConfig) -> RunReport:
                   f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}", r.get("timing", "host")]
                  for r in bench_rows if r["mode"] == "engine"]
     hw = bench_rows[0]["input_hw"] if bench_rows else None
-    post = read_manifest(engines[cfg.precisions[0]])["postprocess"]
+    post = dict(engines[cfg.precisions[0]].post)
     md = [f"# deployzoo run: {spec.name} {variant}", ""]
     if warnings:
         md += [f"> **WARNING: {w}**" for w in warnings] + [""]
@@ -230,7 +229,7 @@ def run_pipeline(cfg: RunConfig) -> RunReport:
         "model": spec.name, "variant": variant, "weights": str(cfg.weights) if cfg.weights else None,
         "warnings": warnings, "data": data.name, "imgsz": imgsz, "postprocess": post,
         "calibration": calib_set.describe() if calib_set else None,
-        "accuracy": accuracy, "bench": bench_rows, "engines": {k: str(v) for k, v in engines.items()},
+        "accuracy": accuracy, "bench": bench_rows, "engines": {k: str(v.dir) for k, v in engines.items()},
         "machine": mach, "versions": ver, "created": now_iso(),
     }
     write_json(out / "report.json", report)

@@ -26,6 +26,7 @@ import torch
 from deployzoo.backends.torch_common import (TensorRunner, autocast_wrap, build_options, check_graphable,
                                              resolve_device)
 from deployzoo.backends.torch_eager import source_module
+from deployzoo.engine import Engine
 from deployzoo.errors import DeployzooError
 
 log = logging.getLogger(__name__)
@@ -156,10 +157,9 @@ class AotiBackend:
             "parity_vs_eager": parity,
         }
 
-    def load(self, engine_dir: Path, manifest: dict[str, Any], threads: int | None = None,
-             device: str | None = None) -> TensorRunner:
-        opts = manifest.get("options", {})
-        comp = manifest.get("compile", {})
+    def load(self, engine: Engine, threads: int | None = None, device: str | None = None) -> TensorRunner:
+        engine_dir = engine.dir
+        opts, comp = engine.options, engine.compile
         dev = resolve_device(device or opts.get("device"), engine_dir)
         built = comp.get("device_type", torch.device(opts.get("device", "cpu")).type)
         if dev.type != built:
@@ -170,7 +170,7 @@ class AotiBackend:
                                  f"{torch.__version__}: AOTInductor packages need the same version (rebuild)")
         if threads:
             torch.set_num_threads(int(threads))
-        path = Path(engine_dir) / manifest["model_file"]
+        path = engine.model_path
         if not path.is_file():
             raise DeployzooError(f"{path}: engine package missing")
         try:
@@ -195,4 +195,4 @@ class AotiBackend:
                     ts = (img, *ts[1:])
             return compiled(*ts)
 
-        return TensorRunner(manifest, fn, dev, torch.float32, engine_dir)
+        return TensorRunner(engine, fn, dev, torch.float32, engine_dir)

@@ -12,9 +12,10 @@ from typing import Any
 import numpy as np
 import onnx
 
-from deployzoo.engine import engine_feeds
+from deployzoo.engine import Engine, engine_feeds
 from deployzoo.errors import DeployzooError
 from deployzoo.quant import recipes
+from deployzoo.specs import BatchSpec, InputSpec
 
 log = logging.getLogger(__name__)
 
@@ -33,14 +34,14 @@ def providers(device: str | None) -> list[str]:
     return ["CPUExecutionProvider"]
 
 
-def check_graph(session: Any, manifest: dict[str, Any], path: Path) -> None:
+def check_graph(session: Any, engine: Engine, path: Path) -> None:
     """The model file's own inputs, outputs and shapes agree with the manifest (input names, batch fixed or
     dynamic and its size, H x W fixed or dynamic and its value, output names); a mismatch is one line naming the
     manifest key."""
-    where = path.parent / "manifest.json"
-    spec, b = manifest["input"], manifest["batch"]
+    where = engine.manifest_path
+    spec, b = engine.input, engine.batch
     names = [i.name for i in session.get_inputs()]
-    want = [spec["name"], *spec.get("extra_inputs", [])]
+    want = spec.input_names
     if names != want:
         raise DeployzooError(f"{where}: manifest key 'input.name' / 'input.extra_inputs' {want} disagree with the "
                              f"inputs of {path.name} {names}")
@@ -48,27 +49,27 @@ def check_graph(session: Any, manifest: dict[str, Any], path: Path) -> None:
     if len(shape) != 4:
         raise DeployzooError(f"{where}: {path.name} takes a {len(shape)}-d input, not N x C x H x W")
     fixed = [d if isinstance(d, int) else None for d in shape]
-    if b["dynamic"] and fixed[0] is not None:
-        raise DeployzooError(f"{where}: manifest key 'batch' says dynamic {b.get('min', 1)}..{b.get('max')}, but "
+    if b.dynamic and fixed[0] is not None:
+        raise DeployzooError(f"{where}: manifest key 'batch' says dynamic {b.min}..{b.max}, but "
                              f"{path.name} fixes the batch at {fixed[0]}")
-    if not b["dynamic"] and fixed[0] != b["size"]:
-        raise DeployzooError(f"{where}: manifest key 'batch.size' {b['size']} disagrees with {path.name}'s batch "
+    if not b.dynamic and fixed[0] != b.size:
+        raise DeployzooError(f"{where}: manifest key 'batch.size' {b.size} disagrees with {path.name}'s batch "
                              f"{'axis (dynamic)' if fixed[0] is None else fixed[0]}")
-    sz = spec["imgsz"]
-    if sz != "origin" and fixed[2:] != [None, None] and fixed[2:] != list(sz):
-        raise DeployzooError(f"{where}: manifest key 'input.imgsz' {sz} disagrees with {path.name}'s input H x W "
+    sz = spec.imgsz
+    if not spec.origin and fixed[2:] != [None, None] and fixed[2:] != list(sz):
+        raise DeployzooError(f"{where}: manifest key 'input.imgsz' {list(sz)} disagrees with {path.name}'s input H x W "
                              f"{fixed[2]} x {fixed[3]}")
-    if sz == "origin" and None not in fixed[2:]:
+    if spec.origin and None not in fixed[2:]:
         raise DeployzooError(f"{where}: manifest key 'input.imgsz' says 'origin' (any H x W), but {path.name} fixes "
                              f"it at {fixed[2]} x {fixed[3]}")
     outs = [o.name for o in session.get_outputs()]
-    if outs != list(manifest["outputs"]):
-        raise DeployzooError(f"{where}: manifest key 'outputs' {manifest['outputs']} disagrees with {path.name}'s "
+    if outs != list(engine.outputs):
+        raise DeployzooError(f"{where}: manifest key 'outputs' {list(engine.outputs)} disagrees with {path.name}'s "
                              f"outputs {outs}")
 
 
 class OrtRunner:
-    def __init__(self, path: Path, manifest: dict[str, Any], threads: int | None, device: str | None) -> None:
+    def __init__(self, engine: Engine, threads: int | None, device: str | None) -> None:
         import onnxruntime as ort
 
         so = ort.SessionOptions()
@@ -77,24 +78,25 @@ class OrtRunner:
             so.intra_op_num_threads = int(threads)
             so.inter_op_num_threads = 1
         so.log_severity_level = 3
-        if manifest["input"].get("imgsz") == "origin":
+        if engine.input.origin:
             # every batch has its own H x W: ORT's memory patterns (planned per shape, kept for every shape seen)
             # only grow the arena; measured on Mask R-CNN COCO128 bs 4: 9.2 GiB peak with them, ~3-4 GiB without,
             # and no slower (docs/benchmarks/cpu.md)
             so.enable_mem_pattern = False
-        self.manifest = manifest
+        self.engine = engine
+        path = engine.model_path
         self.providers = providers(device)
         try:
             self.session = ort.InferenceSession(str(path), so, providers=self.providers)
         except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
             raise DeployzooError(f"{path}: ONNX Runtime cannot load the engine: {str(exc).splitlines()[0][:200]}") from None
         self.device = "cuda" if self.session.get_providers()[0].startswith("CUDA") else "cpu"
-        check_graph(self.session, manifest, path)
+        check_graph(self.session, engine, path)
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def run(self, x: np.ndarray | dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        outs = self.session.run(None, engine_feeds(self.manifest["input"], x))
+        outs = self.session.run(None, engine_feeds(self.engine.input, x))
         return dict(zip(self.output_names, outs))
 
     def peak_memory_bytes(self) -> int | None:
@@ -124,9 +126,8 @@ class OrtBackend:
         info["build_seconds"] = round(time.perf_counter() - t0, 2)
         return info
 
-    def load(self, engine_dir: Path, manifest: dict[str, Any], threads: int | None = None,
-             device: str | None = None) -> OrtRunner:
-        return OrtRunner(Path(engine_dir) / manifest["model_file"], manifest, threads, device)
+    def load(self, engine: Engine, threads: int | None = None, device: str | None = None) -> OrtRunner:
+        return OrtRunner(engine, threads, device)
 
     # ------------------------------------------------------------------ fp16
     @staticmethod
@@ -186,8 +187,8 @@ class OrtBackend:
         if exclude_out:
             extra["OpTypesToExcludeOutputQuantization"] = exclude_out
         task = get_task(meta["task"])
-        batch = 1 if meta["batch"]["dynamic"] else meta["batch"]["size"]
-        reader = CalibReader(calib, task, meta["input"], meta["input"]["name"], batch)
+        batch = BatchSpec.from_dict(meta["batch"]).default()  # a fixed-batch graph is calibrated at its batch
+        reader = CalibReader(calib, task, InputSpec.from_dict(meta["input"]), batch)
         # a set with no usable image (or fewer than a fixed batch) is one line naming the calibration directory,
         # here, before the pre-pass and calibration; ORT would end in "No data is collected." after them
         reader.check_usable()

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from deployzoo.engine import engine_feeds
+from deployzoo.engine import Engine, engine_feeds
 from deployzoo.errors import DeployzooError
 
 log = logging.getLogger(__name__)
@@ -102,19 +102,18 @@ class TensorRunner:
     (image in the engine's dtype and memory format, extra inputs as given); outputs come back float32 (floating
     ones) on the runner's device from `run_tensors`, on the host as numpy from `run`."""
 
-    def __init__(self, manifest: dict[str, Any], fn: Callable[..., Sequence[torch.Tensor]], device: torch.device,
+    def __init__(self, engine: Engine, fn: Callable[..., Sequence[torch.Tensor]], device: torch.device,
                  input_dtype: torch.dtype, where: str | Path) -> None:
-        self.manifest = manifest
+        self.engine = engine
         self.fn = fn
         self.torch_device = device
         self.device = str(device)
-        opts = manifest.get("options", {})
+        opts = engine.options
         self.channels_last = bool(opts.get("channels_last"))
         self.input_dtype = input_dtype
-        self.names = list(manifest["outputs"])
-        spec = manifest["input"]
-        self.image_name = spec.get("name", "images")
-        self.order = [self.image_name, *spec.get("extra_inputs", ())]
+        self.names = list(engine.outputs)
+        self.image_name = engine.input.name
+        self.order = engine.input.input_names
         self.use_graphs = bool(opts.get("cuda_graphs")) and device.type == "cuda"
         self._graphs: dict[tuple, tuple[Any, list[torch.Tensor], list[torch.Tensor]]] = {}
         self.tf32 = bool(opts.get("tf32")) if device.type == "cuda" else None
@@ -183,7 +182,7 @@ class TensorRunner:
     def device_feeds(self, x: np.ndarray | dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
         """A host batch as the tensors the engine takes, already on its device in its dtype and layout (what
         bench's device timing feeds, so that no copy or cast is timed)."""
-        feeds = engine_feeds(self.manifest["input"], x)
+        feeds = engine_feeds(self.engine.input, x)
         host = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in feeds.items()}
         return dict(zip(self.order, self._prepare(host)))
 

@@ -17,6 +17,7 @@ import torch
 from deployzoo.backends.torch_common import (TensorRunner, autocast_wrap, build_options, check_graphable,
                                              resolve_device)
 from deployzoo.checkpoint import apply_state_dict, load_state_dict
+from deployzoo.engine import Engine
 from deployzoo.errors import DeployzooError
 
 WEIGHTS_FILE = "weights.pt"
@@ -34,12 +35,12 @@ def source_module(meta: dict[str, Any], where: str | Path) -> torch.nn.Module:
                                int(w.get("seed") or 0))
 
 
-def load_module(engine_dir: Path, manifest: dict[str, Any]) -> torch.nn.Module:
+def load_module(engine: Engine) -> torch.nn.Module:
     from deployzoo.registry import get_model
 
-    spec = get_model(manifest["model"])
-    module = spec.deploy(spec.build(manifest["variant"], None))
-    path = Path(engine_dir) / manifest["model_file"]
+    spec = get_model(engine.model)
+    module = spec.deploy(spec.build(engine.variant, None))
+    path = engine.model_path
     apply_state_dict(module, load_state_dict(path), path)
     return module.eval()
 
@@ -58,14 +59,13 @@ class TorchBackend:
         torch.save(module.state_dict(), out_dir / WEIGHTS_FILE)
         return {"model_file": WEIGHTS_FILE, "options": opts}
 
-    def load(self, engine_dir: Path, manifest: dict[str, Any], threads: int | None = None,
-             device: str | None = None) -> TensorRunner:
+    def load(self, engine: Engine, threads: int | None = None, device: str | None = None) -> TensorRunner:
         if threads:
             torch.set_num_threads(int(threads))
-        opts = manifest.get("options", {})
-        dev = resolve_device(device or opts.get("device"), engine_dir)
-        module = load_module(engine_dir, manifest).to(dev)
+        opts = engine.options
+        dev = resolve_device(device or opts.get("device"), engine.dir)
+        module = load_module(engine).to(dev)
         if opts.get("channels_last"):
             module = module.to(memory_format=torch.channels_last)
-        fn = autocast_wrap(module, manifest["precision"], dev.type)
-        return TensorRunner(manifest, fn, dev, torch.float32, engine_dir)
+        fn = autocast_wrap(module, engine.precision, dev.type)
+        return TensorRunner(engine, fn, dev, torch.float32, engine.dir)

@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 
 from deployzoo.errors import DeployzooError
+from deployzoo.specs import InputSpec
 
 log = logging.getLogger(__name__)
 
@@ -113,14 +114,9 @@ def decode_image(data: np.ndarray | bytes, label: str, color: str = "BGR",
     return np.ascontiguousarray(img)
 
 
-def spec_exif_orientation(spec: dict[str, Any]) -> bool:
-    """An input spec's (manifest's) orientation rule; absent (engines built before the key) is False."""
-    return bool(spec.get("exif_orientation", False))
-
-
-def decode_for_spec(data: np.ndarray | bytes, label: str, spec: dict[str, Any]) -> np.ndarray:
-    """decode_image with the colour order and EXIF orientation rule of an input spec (a manifest's `input`)."""
-    return decode_image(data, label, spec.get("color", "BGR"), spec_exif_orientation(spec))
+def decode_for_spec(data: np.ndarray | bytes, label: str, spec: InputSpec) -> np.ndarray:
+    """decode_image with the colour order and EXIF orientation rule of an engine's input spec."""
+    return decode_image(data, label, spec.color, spec.exif_orientation)
 
 
 def jpeg_exif_orientation(data: np.ndarray | bytes) -> int:
@@ -186,8 +182,8 @@ def load_item(item: SourceItem, color: str = "BGR", exif_orientation: bool = Fal
     return decode_image(*read_item_bytes(item), color, exif_orientation)
 
 
-def load_item_for_spec(item: SourceItem, spec: dict[str, Any]) -> np.ndarray:
-    """load_item as an input spec (a manifest's `input`) reads images: its colour order and orientation rule."""
+def load_item_for_spec(item: SourceItem, spec: InputSpec) -> np.ndarray:
+    """load_item as an engine's input spec reads images: its colour order and orientation rule."""
     return decode_for_spec(*read_item_bytes(item), spec)
 
 

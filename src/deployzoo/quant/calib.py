@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from deployzoo.data.images import ImageError, SourceItem, list_source, load_item_for_spec
+from deployzoo.specs import InputSpec
 from deployzoo.engine import engine_feeds
 from deployzoo.errors import DeployzooError
 from deployzoo.progress import progress_bar
@@ -66,8 +67,8 @@ def make_calib_set(source: str | Path, size: int = 64, method: str = "minmax", s
 class CalibReader:
     """onnxruntime.quantization.CalibrationDataReader over a CalibSet, batched as the model's input wants."""
 
-    def __init__(self, calib: CalibSet, task: Any, spec: dict[str, Any], input_name: str, batch: int) -> None:
-        self.calib, self.task, self.spec, self.input_name, self.batch = calib, task, spec, input_name, batch
+    def __init__(self, calib: CalibSet, task: Any, spec: InputSpec, batch: int) -> None:
+        self.calib, self.task, self.spec, self.batch = calib, task, spec, batch
         self.used = 0
         self._it: Iterator[dict[str, np.ndarray]] | None = None
 
@@ -84,7 +85,7 @@ class CalibReader:
                     continue
                 if len(pending) == self.batch:
                     self.used += len(pending)
-                    yield engine_feeds({**self.spec, "name": self.input_name}, self.task.collate(pending, self.spec))
+                    yield engine_feeds(self.spec, self.task.collate(pending, self.spec))
                     pending = []
 
     def check_usable(self) -> None:

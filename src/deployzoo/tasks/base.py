@@ -9,6 +9,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from deployzoo.specs import InputSpec
+
 
 @dataclass
 class Prepared:
@@ -22,12 +24,12 @@ class Task(Protocol):
     name: str
     formats: tuple[str, ...]  # prediction file formats besides jsonl
 
-    def prepare(self, img: np.ndarray, spec: dict[str, Any], meta: dict[str, Any] | None = None) -> Prepared:
+    def prepare(self, img: np.ndarray, spec: InputSpec, meta: dict[str, Any] | None = None) -> Prepared:
         """`meta` is what the task's source listing attached to the item (e.g. face landmarks); raise
         data.images.ImageError for an item that cannot be used (it is skipped and reported)."""
         ...
 
-    def collate(self, items: list[Prepared], spec: dict[str, Any]) -> np.ndarray: ...
+    def collate(self, items: list[Prepared], spec: InputSpec) -> np.ndarray: ...
 
     def postprocess(
         self, outputs: dict[str, np.ndarray], metas: list[dict[str, Any]], post: dict[str, Any]

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from deployzoo.specs import InputSpec
 from deployzoo.tasks.base import Prepared, demo_sets
 
 DEFAULT_POST = {"topk": 5}
@@ -67,14 +68,15 @@ class ClassificationTask:
     name = "classification"
     formats: tuple[str, ...] = ()
 
-    def prepare(self, img: np.ndarray, spec: dict[str, Any], meta: dict[str, Any] | None = None) -> Prepared:
-        crop = int(spec.get("crop", 224))
-        x = resize_center_crop(img, int(spec.get("resize", 256)), crop, spec.get("interpolation", "bilinear"))
-        mean = np.asarray(spec["mean"], dtype=np.float32).reshape(3, 1, 1)
-        std = np.asarray(spec["std"], dtype=np.float32).reshape(3, 1, 1)
+    def prepare(self, img: np.ndarray, spec: InputSpec, meta: dict[str, Any] | None = None) -> Prepared:
+        pp = spec.params
+        crop = int(pp.get("crop", 224))
+        x = resize_center_crop(img, int(pp.get("resize", 256)), crop, pp.get("interpolation", "bilinear"))
+        mean = np.asarray(spec.mean, dtype=np.float32).reshape(3, 1, 1)
+        std = np.asarray(spec.std, dtype=np.float32).reshape(3, 1, 1)
         return Prepared((x.transpose(2, 0, 1).astype(np.float32) - mean) / std, {})
 
-    def collate(self, items: list[Prepared], spec: dict[str, Any]) -> np.ndarray:
+    def collate(self, items: list[Prepared], spec: InputSpec) -> np.ndarray:
         return np.stack([p.tensor for p in items])
 
     def postprocess(self, outputs: dict[str, np.ndarray], metas: list[dict[str, Any]],
@@ -85,16 +87,16 @@ class ClassificationTask:
         return [{"topk": [[int(c), round(float(p[c]), 6)] for c in t]} for t, p in zip(top, probs)]
 
     # tensor hooks: the device pipeline (pipeline_device.py)
-    def prepare_tensors(self, images: list[torch.Tensor], spec: dict[str, Any],
+    def prepare_tensors(self, images: list[torch.Tensor], spec: InputSpec,
                         metas: list[dict[str, Any] | None] | None = None) -> tuple[torch.Tensor, list[dict[str, Any]]]:
         """uint8 3 x h x w RGB tensors -> N x 3 x crop x crop float32, (x - mean) / std, on their device."""
         dev = images[0].device
-        crop, resize = int(spec.get("crop", 224)), int(spec.get("resize", 256))
-        interp = spec.get("interpolation", "bilinear")
-        bgr = str(spec.get("color", "RGB")).upper() == "BGR"
+        crop, resize = int(spec.params.get("crop", 224)), int(spec.params.get("resize", 256))
+        interp = spec.params.get("interpolation", "bilinear")
+        bgr = spec.bgr
         x = torch.stack([resize_center_crop_tensor(im.flip(0) if bgr else im, resize, crop, interp) for im in images])
-        mean = torch.tensor(spec["mean"], dtype=torch.float32, device=dev).view(1, 3, 1, 1)
-        std = torch.tensor(spec["std"], dtype=torch.float32, device=dev).view(1, 3, 1, 1)
+        mean = torch.tensor(spec.mean, dtype=torch.float32, device=dev).view(1, 3, 1, 1)
+        std = torch.tensor(spec.std, dtype=torch.float32, device=dev).view(1, 3, 1, 1)
         return (x.float() - mean) / std, [{} for _ in images]
 
     def postprocess_tensors(self, outputs: dict[str, torch.Tensor], metas: list[dict[str, Any]],
@@ -106,8 +108,8 @@ class ClassificationTask:
         p, c = p[:, :k].cpu().numpy(), c[:, :k].cpu().numpy()
         return [{"topk": [[int(ci), round(float(pi), 6)] for ci, pi in zip(cr, pr)]} for cr, pr in zip(c, p)]
 
-    def tensor_spec_ok(self, spec: dict[str, Any]) -> bool:
-        return spec.get("interpolation", "bilinear") in _TENSOR_INTERP
+    def tensor_spec_ok(self, spec: InputSpec) -> bool:
+        return spec.params.get("interpolation", "bilinear") in _TENSOR_INTERP
 
     def write_format(self, fmt: str, name: str, record: dict[str, Any], out_dir: Path) -> None:
         raise ValueError(fmt)

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import batched_nms
 
+from deployzoo.specs import InputSpec
 from deployzoo.tasks.base import Prepared, demo_sets
 
 DEFAULT_POST = {"conf": 0.02, "iou": 0.4, "top_k": 5000, "max_det": 750}
@@ -39,10 +40,10 @@ def _chw_minus_mean(img: np.ndarray, mean: np.ndarray, out: np.ndarray) -> None:
         np.subtract(ch, mean[c], out=out[c, :h, :w], dtype=np.float32)
 
 
-def preprocess(img_bgr: np.ndarray, spec: dict[str, Any]) -> Prepared:
-    """BGR float minus mean, C x H x W. `spec['imgsz']` is 'origin' or [H, W] (letterbox, zero padding)."""
-    imgsz = spec.get("imgsz", "origin")
-    mean = np.asarray(spec.get("mean", (104.0, 117.0, 123.0)), dtype=np.float32)
+def preprocess(img_bgr: np.ndarray, spec: InputSpec) -> Prepared:
+    """BGR float minus mean, C x H x W. `spec.imgsz` is 'origin' or (H, W) (letterbox, zero padding)."""
+    imgsz = spec.imgsz
+    mean = np.asarray(spec.mean, dtype=np.float32)
     oh, ow = img_bgr.shape[:2]
     if imgsz == "origin":
         scale = 1.0
@@ -172,7 +173,7 @@ def _host_tensor(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(a if a.flags.writeable else a.copy())
 
 
-def prepare_tensors(images: list[torch.Tensor], spec: dict[str, Any],
+def prepare_tensors(images: list[torch.Tensor], spec: InputSpec,
                     metas: list[dict[str, Any] | None] | None = None) -> tuple[torch.Tensor, list[dict[str, Any]]]:
     """`preprocess` + `collate` in torch on the images' device: uint8 3 x h x w RGB tensors -> N x 3 x H x W
     float32 in the spec's channel order (BGR for RetinaFace) minus mean, each image at the top-left of a zero
@@ -180,9 +181,9 @@ def prepare_tensors(images: list[torch.Tensor], spec: dict[str, Any],
     (bilinear, half-pixel centres, no antialiasing, rounded to integer levels as cv2.INTER_LINEAR on uint8: equal to
     within one grey level)."""
     dev = images[0].device
-    imgsz = spec.get("imgsz", "origin")
-    mean = torch.tensor(spec.get("mean", (104.0, 117.0, 123.0)), dtype=torch.float32, device=dev).view(3, 1, 1)
-    bgr = str(spec.get("color", "BGR")).upper() == "BGR"
+    imgsz = spec.imgsz
+    mean = torch.tensor(spec.mean, dtype=torch.float32, device=dev).view(3, 1, 1)
+    bgr = spec.bgr
     sizes = [(int(im.shape[1]), int(im.shape[2])) for im in images]
     if imgsz == "origin":
         hw = (max(h for h, _ in sizes), max(w for _, w in sizes))
@@ -212,10 +213,10 @@ class FaceDetectionTask:
     def run_data(self, data: str, work_dir: Path, gt: Path | None = None, demo_images: int = 24) -> "WiderFaceRunData":
         return WiderFaceRunData(data, work_dir, gt, demo_images)
 
-    def prepare(self, img: np.ndarray, spec: dict[str, Any], meta: dict[str, Any] | None = None) -> Prepared:
+    def prepare(self, img: np.ndarray, spec: InputSpec, meta: dict[str, Any] | None = None) -> Prepared:
         return preprocess(img, spec)
 
-    def collate(self, items: list[Prepared], spec: dict[str, Any]) -> np.ndarray:
+    def collate(self, items: list[Prepared], spec: InputSpec) -> np.ndarray:
         return collate(items)
 
     def postprocess(
@@ -225,7 +226,7 @@ class FaceDetectionTask:
         return _records(*(t.numpy() for t in sel), metas)
 
     # tensor hooks: the device pipeline (pipeline_device.py)
-    def prepare_tensors(self, images: list[torch.Tensor], spec: dict[str, Any],
+    def prepare_tensors(self, images: list[torch.Tensor], spec: InputSpec,
                         metas: list[dict[str, Any] | None] | None = None) -> tuple[torch.Tensor, list[dict[str, Any]]]:
         return prepare_tensors(images, spec, metas)
 
@@ -235,8 +236,8 @@ class FaceDetectionTask:
         sel = select_tensors(outputs["boxes"], outputs["scores"], outputs["landmarks"], post)
         return _records(*(t.cpu().numpy() for t in sel), metas)
 
-    def tensor_spec_ok(self, spec: dict[str, Any]) -> bool:
-        sz = spec.get("imgsz", "origin")
+    def tensor_spec_ok(self, spec: InputSpec) -> bool:
+        sz = spec.imgsz
         return sz == "origin" or (isinstance(sz, (list, tuple)) and len(sz) == 2)
 
     def write_format(self, fmt: str, name: str, record: dict[str, Any], out_dir: Path) -> None:

@@ -24,6 +24,7 @@ from deployzoo.data.face_align import INPUT_SIZE, AlignmentError, align_face
 from deployzoo.data.images import SourceItem, list_source
 from deployzoo.files import atomic_write_text
 from deployzoo.errors import DeployzooError
+from deployzoo.specs import InputSpec
 from deployzoo.tasks.base import Prepared, demo_sets
 
 log = logging.getLogger(__name__)
@@ -204,9 +205,9 @@ class FaceRecognitionTask:
         root, items = list_source(src)
         return root, [SourceItem(i.path, i.name, {"row": k}) for k, i in enumerate(items)]
 
-    def prepare(self, img: np.ndarray, spec: dict[str, Any], meta: dict[str, Any] | None = None) -> Prepared:
+    def prepare(self, img: np.ndarray, spec: InputSpec, meta: dict[str, Any] | None = None) -> Prepared:
         meta = meta or {}
-        size = int(spec.get("imgsz", [INPUT_SIZE])[0]) if isinstance(spec.get("imgsz"), list) else INPUT_SIZE
+        size = INPUT_SIZE if spec.origin else int(spec.imgsz[0])
         lmk = meta.get("landmarks")
         if lmk is not None:
             try:
@@ -217,10 +218,10 @@ class FaceRecognitionTask:
             raise AlignmentError(f"image is {img.shape[1]}x{img.shape[0]}, not an aligned {size}x{size} face crop, and "
                                  "no landmarks were given (use an IJB-C root, a landmarks file or a RetinaFace "
                                  "predictions.jsonl as the source)")
-        x = normalise(img, spec.get("mean", [127.5] * 3), spec.get("std", [127.5] * 3))
+        x = normalise(img, spec.mean, spec.std)
         return Prepared(x, {"row": meta.get("row", 0), "score": meta.get("score")})
 
-    def collate(self, items: list[Prepared], spec: dict[str, Any]) -> np.ndarray:
+    def collate(self, items: list[Prepared], spec: InputSpec) -> np.ndarray:
         return np.stack([p.tensor for p in items])
 
     def infer(self, runner: Any, x: np.ndarray, post: dict[str, Any]) -> dict[str, np.ndarray]:

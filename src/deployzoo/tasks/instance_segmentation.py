@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from deployzoo.data.images import ImageError, SourceItem
+from deployzoo.specs import InputSpec
 from deployzoo.tasks.base import Prepared, demo_sets
 
 log = logging.getLogger(__name__)
@@ -95,17 +96,17 @@ def coco_results(image_id: int, boxes: np.ndarray, scores: np.ndarray, labels: n
 
 
 # --------------------------------------------------------------------------------------------- pre-processing
-def resize_keep_ratio(img: np.ndarray, spec: dict[str, Any]) -> tuple[np.ndarray, tuple[int, int]]:
-    """Normalised C x H x W float32 of an H x W x 3 RGB image resized to fit `spec['resize']` (shorter side,
+def resize_keep_ratio(img: np.ndarray, spec: InputSpec) -> tuple[np.ndarray, tuple[int, int]]:
+    """Normalised C x H x W float32 of an H x W x 3 RGB image resized to fit `spec.params['resize']` (shorter side,
     longer-side cap) in the weights' convention, and its resized (h, w).
     - "torch" (torchvision): normalise, then F.interpolate bilinear by the scale (size floor(side * scale));
     - "cv2" (mmdetection): cv2.resize bilinear of the 8-bit image to int(side * scale + 0.5), then normalise."""
-    short, long_ = (int(v) for v in spec.get("resize", (800, 1333)))
+    short, long_ = (int(v) for v in spec.params.get("resize", (800, 1333)))
     h, w = img.shape[:2]
     scale = min(short / min(h, w), long_ / max(h, w))
-    mean = np.asarray(spec["mean"], dtype=np.float32)
-    std = np.asarray(spec["std"], dtype=np.float32)
-    if spec.get("resize_impl", "torch") == "cv2":
+    mean = np.asarray(spec.mean, dtype=np.float32)
+    std = np.asarray(spec.std, dtype=np.float32)
+    if spec.params.get("resize_impl", "torch") == "cv2":
         nh, nw = max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5))
         resized = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_LINEAR) if (nh, nw) != (h, w) else img
         x = (resized.astype(np.float32) - mean) / std
@@ -150,7 +151,7 @@ class InstanceSegmentationTask:
         return root, [SourceItem(i.path, i.name, {**(i.meta or {}), "image_id": image_id_for(i, k)}, i.data)
                       for k, i in enumerate(items)]
 
-    def prepare(self, img: np.ndarray, spec: dict[str, Any], meta: dict[str, Any] | None = None) -> Prepared:
+    def prepare(self, img: np.ndarray, spec: InputSpec, meta: dict[str, Any] | None = None) -> Prepared:
         from deployzoo.data.coco import size_mismatch
 
         meta = meta or {}
@@ -161,16 +162,16 @@ class InstanceSegmentationTask:
         x, hw = resize_keep_ratio(img, spec)
         return Prepared(x, {"orig_hw": (h, w), "resized_hw": hw, "image_id": meta.get("image_id")})
 
-    def collate(self, items: list[Prepared], spec: dict[str, Any]) -> dict[str, np.ndarray]:
-        """Zero-pad to the batch's largest h, w rounded up to a multiple of spec['pad'] (bottom / right)."""
-        pad = int(spec.get("pad", 32))
+    def collate(self, items: list[Prepared], spec: InputSpec) -> dict[str, np.ndarray]:
+        """Zero-pad to the batch's largest h, w rounded up to a multiple of spec.params['pad'] (bottom / right)."""
+        pad = int(spec.params.get("pad", 32))
         hmax = -(-max(p.tensor.shape[1] for p in items) // pad) * pad
         wmax = -(-max(p.tensor.shape[2] for p in items) // pad) * pad
         out = np.zeros((len(items), 3, hmax, wmax), dtype=np.float32)
         for i, p in enumerate(items):
             out[i, :, : p.tensor.shape[1], : p.tensor.shape[2]] = p.tensor
         sizes = np.array([p.tensor.shape[1:] for p in items], dtype=np.int64)
-        return {spec.get("name", "images"): out, "image_sizes": sizes}
+        return {spec.name: out, "image_sizes": sizes}
 
     def postprocess(self, outputs: dict[str, np.ndarray], metas: list[dict[str, Any]],
                     post: dict[str, Any]) -> list[dict[str, Any]]:
