@@ -17,7 +17,8 @@ from deployzoo.engine import read_manifest
 from deployzoo.errors import DeployzooError
 from deployzoo.files import write_json
 from deployzoo.pipeline import load_engine
-from deployzoo.predict import iter_records, predict
+from deployzoo.predict import predict
+from deployzoo.records import iter_records
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 COCO_IMAGES = FIXTURES / "coco128" / "images"

@@ -68,7 +68,7 @@ def edit_manifest(eng: Path, fn) -> None:
 
 def records(out: Path) -> list[str]:
     """Image names of the complete records (a torn last line left by a failed write is not one)."""
-    from deployzoo.predict import iter_records
+    from deployzoo.records import iter_records
 
     return [r["image"] for r in iter_records(out)] if (out / "predictions.jsonl").is_file() else []
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pycocotools.mask as mask_util
 
-from deployzoo.tasks.instance_segmentation import COCO_CATEGORY_IDS, coco_results, encode_rle, masks_to_rles, paste_mask
+from deployzoo.data.coco import COCO_CATEGORY_IDS, encode_rle
+from deployzoo.tasks.instance_segmentation import coco_results, masks_to_rles, paste_mask
 
 
 def test_full_mask_fills_its_box_and_nothing_else():

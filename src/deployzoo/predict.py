@@ -6,7 +6,6 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,12 +20,11 @@ from deployzoo.files import DirLock, check_not_cwd, describe_os_error, write_jso
 from deployzoo.pipeline import Loaded, StageTimes, load_engine, run_batches
 from deployzoo.pipeline_device import choose_pipeline, run_batches_device
 from deployzoo.progress import progress_bar
+from deployzoo.records import PRED_FILE, SKIP_FILE, count_records, done_keys
 from deployzoo.tasks.base import task_source
 
 log = logging.getLogger(__name__)
 
-PRED_FILE = "predictions.jsonl"
-SKIP_FILE = "skipped.jsonl"
 SUMMARY_FILE = "summary.json"
 SETTINGS_FILE = "predict_settings.json"  # engine + pre/post-processing + formats + source, written at the start
 OWN_FILES = (PRED_FILE, SKIP_FILE, SUMMARY_FILE, SETTINGS_FILE, DirLock.NAME)
@@ -48,48 +46,6 @@ class PredictSummary:
         d["out_dir"] = str(self.out_dir)
         d["images_per_second"] = round(self.written / self.seconds, 3) if self.seconds > 0 else None
         return d
-
-
-def iter_records(pred_dir: str | Path) -> Iterator[dict[str, Any]]:
-    """The complete records of a predict output (PRED_DIR/predictions.jsonl, or that file), in order; a torn last
-    line of an interrupted run is left out."""
-    path = Path(pred_dir)
-    path = path / PRED_FILE if path.is_dir() else path
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.endswith("\n") and line.strip():
-                yield json.loads(line)
-
-
-def _done_keys(path: Path) -> set[str]:
-    """Image keys already in a jsonl file; a torn last line (crash mid-write) is cut off."""
-    if not path.is_file():
-        return set()
-    keys: set[str] = set()
-    good_bytes = 0
-    with open(path, "rb") as f:
-        for raw in f:
-            if not raw.endswith(b"\n"):
-                break
-            try:
-                keys.add(json.loads(raw)["image"])
-            except (json.JSONDecodeError, KeyError, TypeError):
-                break
-            good_bytes += len(raw)
-    if good_bytes != path.stat().st_size:
-        log.warning("%s: dropping a torn last line left by an interrupted run", path)
-        with open(path, "rb+") as f:
-            f.truncate(good_bytes)
-    return keys
-
-
-def count_records(pred_dir: str | Path) -> int:
-    """Complete lines in PRED_DIR/predictions.jsonl (0 when there is none)."""
-    path = Path(pred_dir) / PRED_FILE
-    if not path.is_file():
-        return 0
-    with open(path, "rb") as f:
-        return sum(1 for raw in f if raw.endswith(b"\n") and raw.strip())
 
 
 def predict_kept(out_dir: str | Path) -> str:
@@ -233,7 +189,7 @@ def _predict(engine: str | Path | Loaded, source: str | Path, out_dir: Path, *, 
         for p in (pred_path, skip_path, out_dir / SUMMARY_FILE):
             p.unlink(missing_ok=True)
     write_json(settings_path, {**ident, "written": now_iso()})
-    done = _done_keys(pred_path) | _done_keys(skip_path) if resume else set()
+    done = done_keys(pred_path) | done_keys(skip_path) if resume else set()
     todo: list[SourceItem] = [i for i in items if i.name not in done]
     summary.resumed = len(items) - len(todo)
     times = StageTimes()

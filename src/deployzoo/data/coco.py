@@ -25,11 +25,27 @@ from deployzoo.metrics.coco import load_annotations
 
 log = logging.getLogger(__name__)
 
+# COCO's 80 categories in their contiguous training order -> the category ids of instances_*.json (1..90, gaps)
+COCO_CATEGORY_IDS = (
+    1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 27, 28, 31, 32, 33, 34,
+    35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63,
+    64, 65, 67, 70, 72, 73, 74, 75, 76, 77, 78, 79, 80, 81, 82, 84, 85, 86, 87, 88, 89, 90,
+)
+
+
+def encode_rle(binary: np.ndarray) -> dict:
+    """COCO RLE (`size`, `counts` as str) of an H x W binary mask, via pycocotools."""
+    import pycocotools.mask as mask_util
+
+    rle = mask_util.encode(np.asfortranarray(binary.astype(np.uint8)))
+    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
 IMAGE_DIRS = ("images", "val2017")  # deployzoo's layout, then the official one
 IMAGE_KEYS = ("id", "file_name", "height", "width")
 
 # (name, supercategory) of COCO's 80 categories in contiguous order; the category ids are
-# tasks.instance_segmentation.COCO_CATEGORY_IDS, zipped with these in coco_categories()
+# COCO_CATEGORY_IDS, zipped with these in coco_categories()
 COCO_NAMES = (
     ("person", "person"), ("bicycle", "vehicle"), ("car", "vehicle"), ("motorcycle", "vehicle"),
     ("airplane", "vehicle"), ("bus", "vehicle"), ("train", "vehicle"), ("truck", "vehicle"), ("boat", "vehicle"),
@@ -166,8 +182,6 @@ def check_image_size(item: SourceItem, image_hw: tuple[int, int]) -> None:
 
 def coco_categories() -> list[dict[str, Any]]:
     """The 80 `categories` entries of an instances json (id, name, supercategory)."""
-    from deployzoo.tasks.instance_segmentation import COCO_CATEGORY_IDS
-
     return [{"id": cid, "name": name, "supercategory": sup} for cid, (name, sup) in zip(COCO_CATEGORY_IDS, COCO_NAMES)]
 
 
@@ -177,8 +191,6 @@ def _shape_mask(kind: str, cell: tuple[int, int, int, int], h: int, w: int,
     rectangles) are rasterised by pycocotools from the very coordinates written to the json, ellipses are
     drawn and RLE-encoded, so the painted pixels are the ground-truth mask exactly."""
     import pycocotools.mask as mask_util
-
-    from deployzoo.tasks.instance_segmentation import encode_rle
 
     x0, y0, x1, y1 = cell
     cw, ch = x1 - x0, y1 - y0

@@ -33,6 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from deployzoo.checkpoint import apply_state_dict, load_state_dict
+from deployzoo.data.coco import COCO_CATEGORY_IDS
 from deployzoo.errors import DeployzooError
 
 VARIANTS = ("mmdet_1x", "tv_v1", "tv_v2")
@@ -78,8 +79,6 @@ NO_LIMIT = 1 << 30  # an NMS output bound no image reaches (a constant: the grap
 
 def category_ids(variant: str) -> list[int]:
     """Class index -> COCO category id (index 0, the background, -> 0)."""
-    from deployzoo.tasks.instance_segmentation import COCO_CATEGORY_IDS
-
     return list(TV_CATEGORY_IDS) if CONFIGS[variant]["num_classes"] == 91 else [0, *COCO_CATEGORY_IDS]
 
 

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import batched_nms
 
+from deployzoo.records import iter_records
 from deployzoo.specs import InputSpec
 from deployzoo.tasks.base import Prepared, demo_sets
 
@@ -331,7 +332,6 @@ class WiderFaceRunData:
     def agreement(self, ref_dir: Path, pred_dir: Path) -> float:
         """AP of this engine's detections scored against the fp32 engine's confident ones (metrics.agreement)."""
         from deployzoo.metrics.agreement import agreement_ap
-        from deployzoo.predict import iter_records
 
         by_name = {r["image"]: r for r in iter_records(pred_dir)}
         pairs = [(r, by_name[r["image"]]) for r in iter_records(ref_dir) if r["image"] in by_name]

@@ -19,19 +19,14 @@ import cv2
 import numpy as np
 import torch
 
+from deployzoo.data.coco import COCO_CATEGORY_IDS, encode_rle, find_set, size_mismatch, write_demo
 from deployzoo.data.images import ImageError, SourceItem
+from deployzoo.records import PRED_FILE, iter_records
 from deployzoo.specs import InputSpec
 from deployzoo.tasks.base import Prepared, demo_sets
 
 log = logging.getLogger(__name__)
 RESULTS_FILE = "coco_results.json"
-
-# COCO's 80 categories in their contiguous training order -> the category ids of instances_*.json (1..90, gaps)
-COCO_CATEGORY_IDS = (
-    1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 27, 28, 31, 32, 33, 34,
-    35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63,
-    64, 65, 67, 70, 72, 73, 74, 75, 76, 77, 78, 79, 80, 81, 82, 84, 85, 86, 87, 88, 89, 90,
-)
 
 
 def paste_mask(mask: np.ndarray, box: np.ndarray, image_hw: tuple[int, int], threshold: float = 0.5,
@@ -64,14 +59,6 @@ def _paste_grid_sample(m: torch.Tensor, box: torch.Tensor, h: int, w: int) -> np
     grid = torch.stack([gx[None, :].expand(len(gy), -1), gy[:, None].expand(-1, len(gx))], -1)[None]
     full[ya:yb, xa:xb] = torch.nn.functional.grid_sample(m, grid, align_corners=False)[0, 0].numpy()
     return full
-
-
-def encode_rle(binary: np.ndarray) -> dict:
-    """COCO RLE (`size`, `counts` as str) of an H x W binary mask, via pycocotools."""
-    import pycocotools.mask as mask_util
-
-    rle = mask_util.encode(np.asfortranarray(binary.astype(np.uint8)))
-    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 
 def masks_to_rles(masks: np.ndarray, boxes: np.ndarray, image_hw: tuple[int, int],
@@ -140,7 +127,6 @@ class InstanceSegmentationTask:
 
     def list_source(self, source: str | Path) -> tuple[Path, list[SourceItem]]:
         """A COCO root (images + instances json: image ids and sizes from the json) or any image source."""
-        from deployzoo.data.coco import find_set
         from deployzoo.data.images import list_source
 
         src = Path(source)
@@ -152,7 +138,6 @@ class InstanceSegmentationTask:
                       for k, i in enumerate(items)]
 
     def prepare(self, img: np.ndarray, spec: InputSpec, meta: dict[str, Any] | None = None) -> Prepared:
-        from deployzoo.data.coco import size_mismatch
 
         meta = meta or {}
         h, w = img.shape[:2]
@@ -235,7 +220,6 @@ class CocoResultsWriter:
 
     def close(self) -> None:
         from deployzoo.files import atomic_write_file
-        from deployzoo.predict import PRED_FILE, iter_records
 
         src = self.out_dir / PRED_FILE
 
@@ -265,7 +249,6 @@ class CocoRunData:
     calib_hint = "e.g. COCO train2017 images such as ../shared/fixtures/coco128, never from the evaluation set"
 
     def __init__(self, data: str, work_dir: Path, ann: Path | None = None, demo_images: int = 8) -> None:
-        from deployzoo.data.coco import find_set, write_demo
 
         if data == "demo":
             root, calib = demo_sets(work_dir / f"demo-coco-{demo_images}", work_dir / "demo-coco-calib",
@@ -330,6 +313,5 @@ def _xyxy(b: list[float]) -> list[float]:
 
 
 def _read_detections(pred_dir: Path) -> dict[str, list[dict[str, Any]]]:
-    from deployzoo.predict import iter_records
 
     return {rec["image"]: rec.get("detections", []) for rec in iter_records(pred_dir)}
