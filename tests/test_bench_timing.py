@@ -68,7 +68,7 @@ class FakeRunner:
     """A runner that sleeps per call and records what it was called with, from which threads, how many at once."""
 
     def __init__(self, fail: bool = False, sleep: float = 0.01) -> None:
-        self.engine = engine_stub()
+        self.engine, self.takes_tensors = engine_stub(), True
         self.torch_device, self.device, self.image_name = torch.device("cpu"), "cpu", "images"
         self.fail, self.sleep = fail, sleep
         self.lock = threading.Lock()

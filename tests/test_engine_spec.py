@@ -4,6 +4,7 @@ manifest, read by attribute afterwards."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -69,3 +70,42 @@ def test_engine_load_checks_the_files(tiny_engine, tmp_path):
     with pytest.raises(DeployzooError, match="sha256 differs"):
         Engine.load(bad)
     assert Engine.load(bad, verify=False).model == "retinaface"  # the manifest alone is still valid
+
+
+def test_tasks_declare_their_hooks():
+    """Task is an abstract base: the generic code calls every hook; which tasks take the device pipeline
+    follows from what they override."""
+    from deployzoo.registry import get_task
+    from deployzoo.tasks.base import Task
+
+    tasks = {n: get_task(n) for n in ("face_detection", "classification", "face_recognition",
+                                      "instance_segmentation")}
+    assert all(isinstance(t, Task) for t in tasks.values())
+    assert {n for n, t in tasks.items() if t.has_tensor_hooks} == {"face_detection", "classification"}
+    assert {n for n, t in tasks.items() if t.runs_own_inference} == {"face_recognition"}
+    with pytest.raises(TypeError, match="abstract"):
+        type("Half", (Task,), {"name": "half", "prepare": lambda self, img, spec, meta=None: None})()
+
+    class Plain(Task):
+        name = "plain"
+        prepare = collate = postprocess = render = run_data = lambda self, *a, **k: None
+
+    t, runner = Plain(), type("R", (), {"run": lambda self, x: {"y": x}})()
+    assert t.infer(runner, 3, {}) == {"y": 3} and t.open_format("x", Path("."), [], False) is None
+    assert not t.has_tensor_hooks and not t.runs_own_inference and t.tensor_spec_ok(InputSpec())
+    with pytest.raises(NotImplementedError):
+        t.prepare_tensors([], InputSpec(), [])
+
+
+def test_runners_declare_what_they_take(tiny_onnx, tiny_engine, tmp_path):
+    """Runner / TensorRunner protocols: callers read takes_tensors instead of probing for run_tensors."""
+    from deployzoo.backends.base import Runner, TensorRunner
+    from deployzoo.build import build_engine
+    from deployzoo.pipeline import load_engine
+
+    ort = load_engine(tiny_engine).runner
+    assert isinstance(ort, Runner) and not isinstance(ort, TensorRunner) and not ort.takes_tensors
+    ort.synchronize()  # a host runner has nothing to wait for
+    eager = load_engine(build_engine(tiny_onnx, tmp_path / "torch", backend="torch", options={"device": "cpu"}),
+                        device="cpu").runner
+    assert isinstance(eager, TensorRunner) and eager.takes_tensors and eager.engine.backend == "torch"

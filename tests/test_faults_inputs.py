@@ -22,6 +22,7 @@ from conftest import engine_stub
 from deployzoo.data.images import ImageError, SourceItem, decode_image, list_source, read_item_bytes
 from deployzoo.errors import DeployzooError
 from deployzoo.specs import InputSpec
+from deployzoo.tasks.base import Task
 
 ORIENTATIONS = range(1, 9)
 
@@ -234,7 +235,28 @@ def _app1(tiff: bytes, signature: bytes = b"Exif\x00\x00") -> bytes:
     return b"\xff\xe1" + (len(body) + 2).to_bytes(2, "big") + body
 
 
-class _ShapeTask:
+class _DoubleTask(Task):
+    """A Task whose required methods a pipeline test does not reach."""
+
+    name = "double"
+
+    def prepare(self, img, spec, meta=None):
+        raise AssertionError("not reached")
+
+    def collate(self, items, spec):
+        raise AssertionError("not reached")
+
+    def postprocess(self, outs, metas, post):
+        raise AssertionError("not reached")
+
+    def render(self, img, record):
+        raise AssertionError("not reached")
+
+    def run_data(self, *a, **k):
+        raise AssertionError("not reached")
+
+
+class _ShapeTask(_DoubleTask):
     """Device-pipeline task double: records each decoded image's H x W."""
 
     name = "shape"
@@ -247,7 +269,7 @@ class _ShapeTask:
 
 
 class _EchoRunner:
-    torch_device = torch.device("cpu")
+    torch_device, takes_tensors = torch.device("cpu"), True
 
     def run_tensors(self, x):
         return x
@@ -275,7 +297,7 @@ def test_device_pipeline_reads_exif_orientation_from_the_manifest(exif_dir):
             assert rec["hw"] == want.shape[:2] and np.array_equal(img, want), (flag, o)
 
 
-class _HostShapeTask:
+class _HostShapeTask(_DoubleTask):
     """Host-pipeline task double: records each decoded image's H x W."""
 
     name = "shape"
@@ -293,6 +315,8 @@ class _HostShapeTask:
 
 
 class _HostEchoRunner:
+    takes_tensors = False
+
     def run(self, x):
         return {"x": x}
 

@@ -247,7 +247,7 @@ def test_forcing_device_pipeline_on_ort_engine_is_one_line_error(mnet_random_fp3
 
 
 def test_host_only_tasks_are_refused_with_the_reason():
-    runner = SimpleNamespace(run_tensors=lambda x: x, torch_device=torch.device("cpu"), device="cpu")
+    runner = SimpleNamespace(run_tensors=lambda x: x, torch_device=torch.device("cpu"), device="cpu", takes_tensors=True)
     for task, why in (("face_recognition", "tensor"), ("instance_segmentation", "tensor")):
         loaded = Loaded(engine_stub(backend="torch"), runner, get_task(task))
         assert why in device_pipeline_reason(loaded)

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import psutil
 
+from deployzoo.backends.base import Runner
 from deployzoo.engine import Engine, gpu_info, machine, now_iso, versions
 from deployzoo.errors import DeployzooError
 from deployzoo.pipeline import STAGES, StageTimes, load_engine, run_batches
@@ -147,15 +148,15 @@ def bench_engine(engine_dir: str | Path, cfg: BenchConfig) -> list[dict[str, Any
     return rows
 
 
-def timing_mode(runner: Any, asked: str | None) -> str:
+def timing_mode(runner: Runner, asked: str | None) -> str:
     """`device` where the runner takes tensors on its device (`run_tensors`) and host was not asked, else `host`."""
-    tensors = hasattr(runner, "run_tensors")
+    tensors = runner.takes_tensors
     if asked == "device" and not tensors:
         log.info("%s: no device-tensor path (ONNX Runtime takes host arrays): host timing", type(runner).__name__)
     return "device" if tensors and asked != "host" else "host"
 
 
-def _time_batch(runner: Any, b: int, hw: tuple[int, int], cfg: BenchConfig, rng: np.random.Generator, bar: Any,
+def _time_batch(runner: Runner, b: int, hw: tuple[int, int], cfg: BenchConfig, rng: np.random.Generator, bar: Any,
                 common: dict[str, Any]) -> dict[str, Any]:
     import torch
 
@@ -164,9 +165,9 @@ def _time_batch(runner: Any, b: int, hw: tuple[int, int], cfg: BenchConfig, rng:
     std = np.asarray(spec.std, dtype=np.float32).reshape(1, 3, 1, 1)
     x = np.ascontiguousarray((rng.random((b, 3, *hw), dtype=np.float32) * 255.0 - mean) / std, dtype=np.float32)
     timing = timing_mode(runner, cfg.timing)
-    tdev = getattr(runner, "torch_device", None)
+    tdev = runner.torch_device if runner.takes_tensors else None
     cuda = tdev is not None and tdev.type == "cuda"  # torch streams / events; ORT on CUDA runs its own stream
-    sync = getattr(runner, "synchronize", lambda: None)
+    sync = runner.synchronize
     n = cfg.streams
     inputs = [runner.device_feeds(x) if timing == "device" else x.copy() for _ in range(n)]
     call = runner.run_tensors if timing == "device" else runner.run

@@ -16,10 +16,11 @@ from typing import Any
 
 import numpy as np
 
+from deployzoo.backends.base import Runner
 from deployzoo.data.images import ImageError, SourceItem, decode_for_spec, read_item_bytes
 from deployzoo.engine import Engine, InputSpec
 from deployzoo.registry import get_backend, get_task
-from deployzoo.tasks.base import Prepared
+from deployzoo.tasks.base import Prepared, Task
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +45,8 @@ class Loaded:
     """An engine ready to run: what it is (validated once), its backend's runner, its task."""
 
     engine: Engine
-    runner: Any
-    task: Any
+    runner: Runner
+    task: Task
 
     @property
     def engine_dir(self) -> Path:
@@ -126,7 +127,7 @@ def run_batches(
             preps = preps + [Prepared(np.zeros_like(preps[0].tensor), preps[0].meta)] * (batch - len(preps))
         t0 = time.perf_counter()
         x = task.collate(preps, spec)
-        outs = task.infer(runner, x, post) if hasattr(task, "infer") else runner.run(x)
+        outs = task.infer(runner, x, post)
         t1 = time.perf_counter()
         records = task.postprocess(outs, [p.meta for p in preps], post)[: len(buf)]
         times.add("infer", t1 - t0)

@@ -65,15 +65,15 @@ PIPELINES = ("auto", "host", "device")
 def device_pipeline_reason(loaded: Loaded) -> str | None:
     """Why this engine cannot use the device pipeline, or None when it can."""
     runner, task, spec = loaded.runner, loaded.task, loaded.engine.input
-    if not hasattr(runner, "run_tensors") or not isinstance(getattr(runner, "torch_device", None), torch.device):
+    if not runner.takes_tensors:
         return f"the {loaded.engine.backend} backend's runner takes host arrays only (no run_tensors)"
-    if not (hasattr(task, "prepare_tensors") and hasattr(task, "postprocess_tensors")):
+    if not task.has_tensor_hooks:
         return f"task {task.name} has no tensor pre-/post-processing hooks"
-    if hasattr(task, "infer"):
+    if task.runs_own_inference:
         return f"task {task.name} runs its own inference step (e.g. flip test)"
     if spec.extra_inputs:
         return f"the engine takes extra inputs ({', '.join(spec.extra_inputs)})"
-    if hasattr(task, "tensor_spec_ok") and not task.tensor_spec_ok(spec):
+    if not task.tensor_spec_ok(spec):
         return f"task {task.name}'s tensor hooks do not handle this engine's input spec"
     return None
 

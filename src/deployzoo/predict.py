@@ -158,7 +158,7 @@ def _predict(engine: str | Path | Loaded, source: str | Path, out_dir: Path, *, 
     loaded = engine if isinstance(engine, Loaded) else load_engine(engine, threads=threads, device=device)
     eng, task = loaded.engine, loaded.task
     which = choose_pipeline(loaded, pipeline)
-    formats = tuple(dict.fromkeys((*formats, *getattr(task, "always_formats", ()))))
+    formats = tuple(dict.fromkeys((*formats, *task.always_formats)))
     for fmt in formats:
         if fmt != "jsonl" and fmt not in task.formats:
             raise DeployzooError(f"--format {fmt}: not a format of task {eng.task} (jsonl, {', '.join(task.formats)})")
@@ -196,8 +196,8 @@ def _predict(engine: str | Path | Loaded, source: str | Path, out_dir: Path, *, 
     t_start = time.perf_counter()
     vis_dir = out_dir / "vis"
     # formats that need the whole item list up front (e.g. a features array by row)
-    writers = {fmt: task.open_format(fmt, out_dir, items, resume) for fmt in formats
-               if fmt != "jsonl" and hasattr(task, "open_format")}
+    opened = {fmt: task.open_format(fmt, out_dir, items, resume) for fmt in formats if fmt != "jsonl"}
+    writers = {fmt: w for fmt, w in opened.items() if w is not None}
     # unbuffered: each record is one write of whole lines, so a failed write (full disk) leaves nothing buffered
     # for close() to fail on again, and a torn line at worst, which --resume cuts off
     with open(pred_path, "ab", buffering=0) as fp, open(skip_path, "ab", buffering=0) as fs, \

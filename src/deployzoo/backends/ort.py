@@ -99,6 +99,11 @@ class OrtRunner:
         outs = self.session.run(None, engine_feeds(self.engine.input, x))
         return dict(zip(self.output_names, outs))
 
+    takes_tensors = False  # host arrays only (ORT's own CUDA stream; no torch tensors in or out)
+
+    def synchronize(self) -> None:
+        pass  # session.run returns when the outputs are on the host
+
     def peak_memory_bytes(self) -> int | None:
         return None
 

@@ -190,6 +190,8 @@ class TensorRunner:
         outs = self.run_tensors(self.device_feeds(x))
         return {n: o.cpu().numpy() for n, o in outs.items()}
 
+    takes_tensors = True
+
     def synchronize(self) -> None:
         if self.torch_device.type == "cuda":
             torch.cuda.synchronize(self.torch_device)

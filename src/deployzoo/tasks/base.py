@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar
 
 import numpy as np
 
+from deployzoo.data import images
 from deployzoo.specs import InputSpec
 
 
@@ -20,44 +22,85 @@ class Prepared:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-class Task(Protocol):
-    name: str
-    formats: tuple[str, ...]  # prediction file formats besides jsonl
+class Task(ABC):
+    """What a task gives the task-agnostic predict / bench / run code. Subclasses implement the abstract methods;
+    the others are hooks with defaults that a task overrides when it needs to (mmdeploy's BaseTask style): the
+    generic code calls them all unconditionally, never probing for them."""
 
+    name: ClassVar[str]
+    formats: ClassVar[tuple[str, ...]] = ()  # prediction file formats besides jsonl
+    always_formats: ClassVar[tuple[str, ...]] = ()  # formats predict writes whatever --format says
+
+    # ------------------------------------------------------------------ host pipeline (required)
+    @abstractmethod
     def prepare(self, img: np.ndarray, spec: InputSpec, meta: dict[str, Any] | None = None) -> Prepared:
         """`meta` is what the task's source listing attached to the item (e.g. face landmarks); raise
         data.images.ImageError for an item that cannot be used (it is skipped and reported)."""
-        ...
 
-    def collate(self, items: list[Prepared], spec: InputSpec) -> np.ndarray: ...
+    @abstractmethod
+    def collate(self, items: list[Prepared], spec: InputSpec) -> Any:
+        """The batch input: an N x C x H x W float32 array, or a dict of every graph input."""
 
-    def postprocess(
-        self, outputs: dict[str, np.ndarray], metas: list[dict[str, Any]], post: dict[str, Any]
-    ) -> list[dict[str, Any]]: ...
+    @abstractmethod
+    def postprocess(self, outputs: dict[str, np.ndarray], metas: list[dict[str, Any]],
+                    post: dict[str, Any]) -> list[dict[str, Any]]:
+        """One JSON-able record per image of the batch."""
 
-    def write_format(self, fmt: str, name: str, record: dict[str, Any], out_dir: Path) -> None: ...
+    @abstractmethod
+    def render(self, img: np.ndarray, record: dict[str, Any]) -> np.ndarray:
+        """The image with the record drawn on it (--save-img)."""
 
-    def render(self, img: np.ndarray, record: dict[str, Any]) -> np.ndarray: ...
+    @abstractmethod
+    def run_data(self, data: str, work_dir: Path, gt: Path | None = None, demo_images: int = 24) -> Any:
+        """The evaluation suite `run` scores this task's predictions with."""
 
+    # ------------------------------------------------------------------ hooks with defaults
+    def list_source(self, source: str | Path) -> tuple[Path, list[Any]]:
+        """(root, [SourceItem]) of a --source; default: the images of a directory, file or list file. A task
+        overrides it for sources of its own (an IJB-C root with landmarks, a COCO root with its json)."""
+        return images.list_source(source)
 
-# Optional task hooks, looked up with hasattr by the task-agnostic code:
-# - list_source(source) -> (root, [SourceItem]): task-specific sources (e.g. an IJB-C root with landmarks);
-#   the default is data.images.list_source.
-# - infer(runner, x, post) -> outputs: how a collated batch is run (e.g. flip test: the batch and its mirror).
-# - open_format(fmt, out_dir, items, resume) -> writer with write(item, record) and close(): formats that need
-#   the whole item list up front (e.g. an N x D features array written by row).
-# - always_formats: formats predict writes whatever --format says.
-# Tensor hooks, for the device pipeline (pipeline_device.py: decode, pre- and post-processing on the engine's
-# device, torch tensors throughout; a task without them, or whose `infer` hook is set, runs the host pipeline):
-# - prepare_tensors(images, spec, metas) -> (batch, metas): `images` a list of uint8 3 x h x w RGB tensors on the
-#   device, `metas` the items' source metas; returns the N x C x H x W float32 network input on that device and
-#   the per-image metas post-processing needs (what `prepare` would have put in Prepared.meta).
-# - postprocess_tensors(outputs, metas, post) -> records: `outputs` the runner's output tensors on its device;
-#   does the selection there, batched (no per-image loop of tensor work), and copies only final results to the
-#   host; the records are those `postprocess` gives.
-# - tensor_spec_ok(spec) -> bool: whether the tensor hooks handle this engine input spec (default: yes).
-# face_detection and classification have them; face_recognition (landmark alignment, flip test) and
-# instance_segmentation (mask paste-back) keep the host pipeline.
+    def infer(self, runner: Any, x: Any, post: dict[str, Any]) -> dict[str, np.ndarray]:
+        """How a collated batch is run; default: once through the runner. Overridden by a task that runs its
+        own inference step (e.g. flip test: the batch and its mirror), which keeps it on the host pipeline."""
+        return runner.run(x)
+
+    def open_format(self, fmt: str, out_dir: Path, items: list[Any], resume: bool) -> Any | None:
+        """A writer (write(item, record), close()) for a format that needs the whole item list up front (an N x D
+        features array written by row), or None (the default): write_format is called per record."""
+        return None
+
+    def write_format(self, fmt: str, name: str, record: dict[str, Any], out_dir: Path) -> None:
+        """Write one record in `fmt` (one of `formats` without a writer from open_format); default: nothing."""
+
+    # ------------------------------------------------------------------ device pipeline (optional)
+    # pipeline_device.py: decode, pre- and post-processing on the engine's device, torch tensors throughout; a task
+    # that does not override both tensor hooks, or that overrides `infer`, runs the host pipeline.
+    def prepare_tensors(self, images: list[Any], spec: InputSpec,
+                        metas: list[dict[str, Any] | None]) -> tuple[Any, list[dict[str, Any]]]:
+        """`images` a list of uint8 3 x h x w RGB tensors on the device, `metas` the items' source metas; returns
+        the N x C x H x W float32 network input on that device and the per-image metas post-processing needs
+        (what `prepare` would have put in Prepared.meta)."""
+        raise NotImplementedError(f"task {self.name} has no tensor pre-processing")
+
+    def postprocess_tensors(self, outputs: dict[str, Any], metas: list[dict[str, Any]],
+                            post: dict[str, Any]) -> list[dict[str, Any]]:
+        """`outputs` the runner's output tensors on its device; the selection is done there, batched, and only
+        final results are copied to the host; the records are those `postprocess` gives."""
+        raise NotImplementedError(f"task {self.name} has no tensor post-processing")
+
+    def tensor_spec_ok(self, spec: InputSpec) -> bool:
+        """Whether the tensor hooks handle this engine input spec (default: yes)."""
+        return True
+
+    @property
+    def has_tensor_hooks(self) -> bool:
+        return (type(self).prepare_tensors is not Task.prepare_tensors
+                and type(self).postprocess_tensors is not Task.postprocess_tensors)
+
+    @property
+    def runs_own_inference(self) -> bool:
+        return type(self).infer is not Task.infer
 
 
 def demo_sets(eval_root: Path, calib_root: Path, marker: str,
@@ -70,10 +113,6 @@ def demo_sets(eval_root: Path, calib_root: Path, marker: str,
     return eval_root, calib_root
 
 
-def task_source(task: Any, source: Any) -> tuple[Path, list[Any]]:
-    """The items of `source` as `task` reads them (its own list_source hook, else plain image enumeration)."""
-    if hasattr(task, "list_source"):
-        return task.list_source(source)
-    from deployzoo.data.images import list_source
-
-    return list_source(source)
+def task_source(task: Task, source: Any) -> tuple[Path, list[Any]]:
+    """The items of `source` as `task` reads them."""
+    return task.list_source(source)

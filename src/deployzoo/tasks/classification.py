@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from deployzoo.specs import InputSpec
-from deployzoo.tasks.base import Prepared, demo_sets
+from deployzoo.tasks.base import Prepared, Task, demo_sets
 
 DEFAULT_POST = {"topk": 5}
 _PIL_INTERP = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST,
@@ -64,7 +64,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-class ClassificationTask:
+class ClassificationTask(Task):
     name = "classification"
     formats: tuple[str, ...] = ()
 

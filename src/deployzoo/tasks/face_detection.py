@@ -18,7 +18,7 @@ from torchvision.ops import batched_nms
 
 from deployzoo.records import iter_records
 from deployzoo.specs import InputSpec
-from deployzoo.tasks.base import Prepared, demo_sets
+from deployzoo.tasks.base import Prepared, Task, demo_sets
 
 DEFAULT_POST = {"conf": 0.02, "iou": 0.4, "top_k": 5000, "max_det": 750}
 
@@ -206,7 +206,7 @@ def prepare_tensors(images: list[torch.Tensor], spec: InputSpec,
     return out, out_metas
 
 
-class FaceDetectionTask:
+class FaceDetectionTask(Task):
     name = "face_detection"
     formats = ("widerface",)
     metric = "widerface"

@@ -25,7 +25,7 @@ from deployzoo.data.images import SourceItem, list_source
 from deployzoo.files import atomic_write_text
 from deployzoo.errors import DeployzooError
 from deployzoo.specs import InputSpec
-from deployzoo.tasks.base import Prepared, demo_sets
+from deployzoo.tasks.base import Prepared, Task, demo_sets
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +183,7 @@ class FeatureWriter:
 # --------------------------------------------------------------------------------------------- task
 
 
-class FaceRecognitionTask:
+class FaceRecognitionTask(Task):
     name = "face_recognition"
     formats = ("npy",)
     always_formats = ("npy",)

@@ -23,7 +23,7 @@ from deployzoo.data.coco import COCO_CATEGORY_IDS, encode_rle, find_set, size_mi
 from deployzoo.data.images import ImageError, SourceItem
 from deployzoo.records import PRED_FILE, iter_records
 from deployzoo.specs import InputSpec
-from deployzoo.tasks.base import Prepared, demo_sets
+from deployzoo.tasks.base import Prepared, Task, demo_sets
 
 log = logging.getLogger(__name__)
 RESULTS_FILE = "coco_results.json"
@@ -120,7 +120,7 @@ def image_id_for(item: SourceItem, index: int) -> int:
     return int(stem) if stem.isdigit() else index + 1
 
 
-class InstanceSegmentationTask:
+class InstanceSegmentationTask(Task):
     name = "instance_segmentation"
     formats: tuple[str, ...] = ("coco",)
     always_formats = ("coco",)
