@@ -138,3 +138,45 @@ def plot_throughput(rows: list[dict[str, Any]], path: str | Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     return save_figure(fig, path)
+
+
+def run_markdown(*, title: str, warnings: list[str], data: Any, settings: str, accuracy_rows: list[list[Any]],
+                 calibration: dict[str, Any] | None, stage_rows: list[list[Any]], bench_rows: list[dict[str, Any]],
+                 precisions: Sequence[str], iters: int, warmup: int, threads: int | None, machine: dict[str, Any],
+                 versions: dict[str, str], created: str, stages: Sequence[str]) -> str:
+    """report.md of `deployzoo run`: accuracy per precision, end-to-end stage times (`stages`: the pipeline's
+    stage names, the columns of stage_rows), engine throughput, machine."""
+    md = [f"# deployzoo run: {title}", ""]
+    if warnings:
+        md += [f"> **WARNING: {w}**" for w in warnings] + [""]
+    md += [
+        "## Accuracy", f"Dataset: {data.name}. {settings}", "",
+        md_table(["Model", "Precision", *data.accuracy_headers, data.agreement_header], accuracy_rows),
+        "",
+    ]
+    if calibration is not None:
+        d = calibration
+        md += [f"int8 calibration: {d['size']} images from {d['dir']} ({d['method']}), file-list sha256 "
+               f"{d['file_list_sha256'][:16]}, disjoint from the evaluation images.", ""]
+    if stage_rows:
+        md += ["## End-to-end on the accuracy pass",
+               "Files on disk to predictions on disk (`predict`), per image: read + pre-process run in a thread pool "
+               "beside inference, so stage times can sum to more than the wall time per image.", "",
+               md_table(["Model", "Precision", "Batch", "img/s", *(f"{s} ms/img" for s in stages)], stage_rows), ""]
+    perf_rows = [[r["model"], f"{r['backend']} {r['precision']}", r["batch"], f"{r['throughput_ips']:.2f}",
+                  f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}", r.get("timing", "host")]
+                 for r in bench_rows if r["mode"] == "engine"]
+    hw = bench_rows[0]["input_hw"] if bench_rows else None
+    md += [
+        "## Throughput", f"Engine-only, input {hw[0]}x{hw[1]}, {warmup} warm-up + {iters} timed iterations per batch; "
+        f"threads: {threads or 'runtime default'}. `torch ...` rows are eager PyTorch, the reference peer (same "
+        "build options as the engines)." if hw else "",
+        "Timing `device`: input already on the engine's device, inference only (the PyTorch-based backends); "
+        "`host`: from a host array, copies in and out included (ONNX Runtime)." if hw else "",
+        "", md_table(["Model", "Engine", "Batch", "Throughput (img/s)", "p50 ms", "p99 ms", "Timing"], perf_rows), "",
+        "Plots: " + "".join(f"[{data.plot_name} {p}]({data.plot_name.lower()}_{p}.png), " for p in precisions
+                            if data.plot_name) + "[throughput](throughput.png)", "",
+    ]
+    md += [f"Machine: {machine['cpu']}, {machine['affinity_cores']} cores, {machine['memory_gib']} GiB. Versions: "
+           + ", ".join(f"{k} {v}" for k, v in versions.items() if k != "platform") + f". Created {created}."]
+    return "\n".join(md) + "\n"

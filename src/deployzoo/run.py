@@ -3,7 +3,6 @@ one-click run.sh. Every stage's result is stored under RUN_DIR keyed by content,
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -12,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from deployzoo.bench import BenchConfig, bench_engine
-from deployzoo.cache import ensure_engine
+from deployzoo.cache import StageCache, ensure_engine
 from deployzoo.engine import RANDOM_WEIGHTS_WARNING, Engine, machine, now_iso, versions
 from deployzoo.files import atomic_write_text, write_json
 from deployzoo.errors import DeployzooError
@@ -21,7 +20,7 @@ from deployzoo.pipeline import STAGES
 from deployzoo.predict import SUMMARY_FILE, predict
 from deployzoo.quant.calib import make_calib_set
 from deployzoo.registry import backend_takes_options, get_model, get_task
-from deployzoo.report import md_table, plot_throughput
+from deployzoo.report import plot_throughput, run_markdown
 from deployzoo.tasks.base import task_source
 
 log = logging.getLogger(__name__)
@@ -60,25 +59,6 @@ class RunReport:
     data: dict[str, Any] = field(default_factory=dict)
 
 
-def _stage_key(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _cached(path: Path, key: str) -> Any | None:
-    if path.is_file():
-        try:
-            d = json.loads(path.read_text())
-            if d.get("key") == key:
-                return d["value"]
-        except (json.JSONDecodeError, KeyError):
-            pass
-    return None
-
-
-def _store(path: Path, key: str, value: Any) -> None:
-    write_json(path, {"key": key, "value": value})
-
-
 def _stage_split(pred_dir: Path) -> dict[str, Any] | None:
     """Throughput and per-image stage times of the predict pass that produced `pred_dir` (its summary.json)."""
     try:
@@ -92,21 +72,53 @@ def _stage_split(pred_dir: Path) -> dict[str, Any] | None:
             "ms_per_image": {s: 1000.0 * summ["stage_seconds"].get(s, 0.0) / n for s in STAGES}}
 
 
-def run_pipeline(cfg: RunConfig) -> RunReport:
+@dataclass
+class RunPlan:
+    """What a run works with, worked out once from its RunConfig before any stage."""
+
+    cfg: RunConfig
+    spec: Any  # registry.ModelSpec
+    variant: str
+    data: Any  # the task's run data (evaluation suite)
+    out: Path
+    imgsz: Any
+    bench_hw: Any
+    batches: tuple[int, ...]
+    predict_batch: int
+    calib_set: Any | None
+    warnings: list[str]
+    stages: StageCache
+
+    @property
+    def label(self) -> str:
+        return f"{self.spec.name}-{self.variant}"
+
+    def options(self, backend: str) -> dict[str, Any] | None:
+        """Build options for the PyTorch backends (the eager peer gets the engines' own); ORT takes none."""
+        if not backend_takes_options(backend):
+            return None
+        return {**self.cfg.build_options, **({"device": self.cfg.device} if self.cfg.device else {})}
+
+    def engine(self, backend: str, precision: str) -> Engine:
+        """The cached (else exported and built) engine of this run's model at `precision`."""
+        eng = ensure_engine(self.spec.name, variant=self.variant, weights=self.cfg.weights, backend=backend,
+                            precision=precision, imgsz=self.imgsz, batch=None,
+                            calib=self.calib_set if precision == "int8" else None, cache_dir=self.out / "cache",
+                            options=self.options(backend))
+        return Engine.load(eng, verify=False)  # (predict and bench check its files when they load it)
+
+
+def plan_run(cfg: RunConfig) -> RunPlan:
+    """Check the configuration and prepare the data and calibration set; fails before any engine is built."""
     if not cfg.precisions:
         raise DeployzooError("--precisions: no precision given (e.g. fp32,int8)")
     spec = get_model(cfg.model)
     variant = spec.check_variant(cfg.variant)
-    batches = cfg.batches or spec.bench_batches
-    predict_batch = cfg.predict_batch or spec.predict_batch
     task = get_task(spec.task)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    cache = out / "cache"
     demo = {"demo_images": cfg.demo_images} if cfg.demo_images else {}
     data = task.run_data(cfg.data, out / "data", cfg.gt, **demo)
-    imgsz = parse_imgsz(cfg.imgsz if cfg.imgsz is not None else spec.default_imgsz[variant])
-    bench_hw = parse_imgsz(cfg.bench_imgsz) if cfg.bench_imgsz else spec.bench_imgsz
     calib_set = None
     if "int8" in cfg.precisions:
         calib_dir = cfg.calib or data.calib_default
@@ -116,56 +128,69 @@ def run_pipeline(cfg: RunConfig) -> RunReport:
         _, eval_items = task_source(task, data.source)
         calib_set = make_calib_set(calib_dir, cfg.calib_size, cfg.calib_method,
                                    exclude={str(i.path.resolve()) for i in eval_items}, task=task)
-    warnings = [RANDOM_WEIGHTS_WARNING] if cfg.weights is None else []
+    return RunPlan(
+        cfg=cfg, spec=spec, variant=variant, data=data, out=out,
+        imgsz=parse_imgsz(cfg.imgsz if cfg.imgsz is not None else spec.default_imgsz[variant]),
+        bench_hw=parse_imgsz(cfg.bench_imgsz) if cfg.bench_imgsz else spec.bench_imgsz,
+        batches=tuple(cfg.batches or spec.bench_batches), predict_batch=cfg.predict_batch or spec.predict_batch,
+        calib_set=calib_set, warnings=[RANDOM_WEIGHTS_WARNING] if cfg.weights is None else [],
+        stages=StageCache(out / "stages"))
 
-    def options(backend: str) -> dict[str, Any] | None:
-        """Build options for the PyTorch backends (the eager peer gets the engines' own); ORT takes none."""
-        if not backend_takes_options(backend):
-            return None
-        return {**cfg.build_options, **({"device": cfg.device} if cfg.device else {})}
 
-    acc_rows, stage_rows, accuracy, engines = [], [], {}, {}
+@dataclass
+class AccuracyStage:
+    engines: dict[str, Engine] = field(default_factory=dict)  # precision -> engine
+    accuracy: dict[str, dict[str, Any]] = field(default_factory=dict)
+    rows: list[list[Any]] = field(default_factory=list)  # the accuracy table
+    stage_rows: list[list[Any]] = field(default_factory=list)  # end-to-end stage times of the predict passes
+
+
+def accuracy_stage(plan: RunPlan) -> AccuracyStage:
+    """Per precision: build (or reuse) the engine, predict over the evaluation set (resuming an interrupted
+    pass), score it, and measure its agreement with the fp32 engine's predictions."""
+    cfg, data, res_all = plan.cfg, plan.data, AccuracyStage()
     ref_dir: Path | None = None
     for prec in cfg.precisions:
-        eng = ensure_engine(spec.name, variant=variant, weights=cfg.weights, backend=cfg.backend, precision=prec,
-                            imgsz=imgsz, batch=None, calib=calib_set if prec == "int8" else None, cache_dir=cache,
-                            options=options(cfg.backend))
-        e = engines[prec] = Engine.load(eng, verify=False)  # (predict and bench check its files when they load it)
-        pred_dir = out / "predictions" / prec
-        key = _stage_key({"engine": e.graph_sha256, "prec": prec, "created": e.created,
-                          "data": str(data.source), "post": dict(e.post)})
-        res = _cached(out / "stages" / f"eval-{prec}.json", key)
-        if res is None:
+        e = res_all.engines[prec] = plan.engine(cfg.backend, prec)
+        pred_dir = plan.out / "predictions" / prec
+
+        def predict_and_score(e: Engine = e, pred_dir: Path = pred_dir, prec: str = prec) -> dict[str, Any]:
             # resume an interrupted predict of this same engine and settings; any other predictions are replaced
             (pred_dir / "stage.key").unlink(missing_ok=True)  # the marker of older versions: predict keeps its own
-            predict(eng, data.source, pred_dir, batch=predict_batch, formats=("jsonl", *data.pred_formats),
+            predict(e.dir, data.source, pred_dir, batch=plan.predict_batch, formats=("jsonl", *data.pred_formats),
                     resume="auto", threads=cfg.threads, device=cfg.device)
-            plot = out / f"{data.plot_name.lower()}_{prec}.png" if data.plot_name else None
-            res = data.evaluate(pred_dir, plot, title=f"{spec.name} {variant} {prec}")
-            _store(out / "stages" / f"eval-{prec}.json", key, res)
-        accuracy[prec] = res
-        stage = _stage_split(pred_dir)
-        if stage:
-            accuracy[prec]["end_to_end"] = stage
-            stage_rows.append([f"{spec.name}-{variant}", prec, predict_batch, f"{stage['images_per_second']:.2f}",
-                               *(f"{stage['ms_per_image'][s]:.1f}" for s in STAGES)])
+            plot = plan.out / f"{data.plot_name.lower()}_{prec}.png" if data.plot_name else None
+            return data.evaluate(pred_dir, plot, title=f"{plan.spec.name} {plan.variant} {prec}")
+
+        identity = {"engine": e.graph_sha256, "prec": prec, "created": e.created, "data": str(data.source),
+                    "post": dict(e.post)}
+        res = res_all.accuracy[prec] = plan.stages.get_or_compute(f"eval-{prec}", identity, predict_and_score)
+        split = _stage_split(pred_dir)
+        if split:
+            res["end_to_end"] = split
+            res_all.stage_rows.append([plan.label, prec, plan.predict_batch, f"{split['images_per_second']:.2f}",
+                                       *(f"{split['ms_per_image'][s]:.1f}" for s in STAGES)])
         agree = None
         if prec == "fp32":
             ref_dir = pred_dir
         elif ref_dir is not None:
             agree = data.agreement(ref_dir, pred_dir)
-        accuracy[prec]["agreement_vs_fp32"] = agree
-        accuracy[prec]["agreement_metric"] = data.agreement_header
+        res["agreement_vs_fp32"] = agree
+        res["agreement_metric"] = data.agreement_header
         if agree is None:
             agree_txt = "-"
         elif math.isnan(agree):  # the fp32 engine gave nothing to agree on
             agree_txt = f"n/a ({data.agreement_nan})"
         else:
             agree_txt = f"{agree:.4f}"
-        acc_rows.append([f"{spec.name}-{variant}", prec, *data.accuracy_cells(res, predict_batch), agree_txt])
-    # ---------------------------------------------------------------- bench
-    bench_rows: list[dict[str, Any]] = []
-    bench_targets = [(p, engines[p].dir) for p in cfg.precisions]
+        res_all.rows.append([plan.label, prec, *data.accuracy_cells(res, plan.predict_batch), agree_txt])
+    return res_all
+
+
+def bench_stage(plan: RunPlan, engines: dict[str, Engine]) -> list[dict[str, Any]]:
+    """Engine-only benchmark rows of every precision's engine and, with cfg.reference, the eager peer."""
+    cfg = plan.cfg
+    targets = [(p, engines[p].dir) for p in cfg.precisions]
     if cfg.reference and cfg.backend != "torch":  # (a torch run's engines are the eager peer already)
         # the eager peer at fp32 and, on CUDA, at each low precision measured (autocast on the CPU is not a peer
         # anyone ships); built with the engines' own options (device, channels-last, TF32, CUDA graphs)
@@ -174,64 +199,37 @@ def run_pipeline(cfg: RunConfig) -> RunReport:
         cuda = resolve_device(cfg.device).type == "cuda"
         peer = ["fp32"] + [p for p in cfg.precisions if cuda and p in ("fp16", "bf16")]
         for i, p in enumerate(peer):
-            ref_eng = ensure_engine(spec.name, variant=variant, weights=cfg.weights, backend="torch", precision=p,
-                                    imgsz=imgsz, batch=None, cache_dir=cache, options=options("torch"))
-            bench_targets.insert(i, (f"{p}-eager", ref_eng))
-    bcfg = BenchConfig(batches=batches, iters=cfg.iters, warmup=cfg.warmup, threads=cfg.threads, device=cfg.device,
-                       imgsz=None if bench_hw in (None, "origin") else tuple(bench_hw))
-    for label, eng in bench_targets:
-        key = _stage_key({"engine": str(eng), "created": Engine.load(eng, verify=False).created,
-                          "cfg": bcfg.__dict__})
-        rows = _cached(out / "stages" / f"bench-{label}.json", key)
-        if rows is None:
-            rows = bench_engine(eng, bcfg)
-            _store(out / "stages" / f"bench-{label}.json", key, rows)
-        bench_rows.extend(rows)
-    plot_throughput(bench_rows, out / "throughput.png")
-    # ---------------------------------------------------------------- report
-    perf_rows = [[r["model"], f"{r['backend']} {r['precision']}", r["batch"], f"{r['throughput_ips']:.2f}",
-                  f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}", r.get("timing", "host")]
-                 for r in bench_rows if r["mode"] == "engine"]
-    hw = bench_rows[0]["input_hw"] if bench_rows else None
-    post = dict(engines[cfg.precisions[0]].post)
-    md = [f"# deployzoo run: {spec.name} {variant}", ""]
-    if warnings:
-        md += [f"> **WARNING: {w}**" for w in warnings] + [""]
-    md += [
-        "## Accuracy", f"Dataset: {data.name}. {data.settings(imgsz, post)}", "",
-        md_table(["Model", "Precision", *data.accuracy_headers, data.agreement_header], acc_rows),
-        "",
-    ]
-    if calib_set is not None:
-        d = calib_set.describe()
-        md += [f"int8 calibration: {d['size']} images from {d['dir']} ({d['method']}), file-list sha256 "
-               f"{d['file_list_sha256'][:16]}, disjoint from the evaluation images.", ""]
-    if stage_rows:
-        md += ["## End-to-end on the accuracy pass",
-               "Files on disk to predictions on disk (`predict`), per image: read + pre-process run in a thread pool "
-               "beside inference, so stage times can sum to more than the wall time per image.", "",
-               md_table(["Model", "Precision", "Batch", "img/s", *(f"{s} ms/img" for s in STAGES)], stage_rows), ""]
-    md += [
-        "## Throughput", f"Engine-only, input {hw[0]}x{hw[1]}, {cfg.warmup} warm-up + {cfg.iters} timed iterations per batch; "
-        f"threads: {cfg.threads or 'runtime default'}. `torch ...` rows are eager PyTorch, the reference peer (same "
-        "build options as the engines)." if hw else "",
-        "Timing `device`: input already on the engine's device, inference only (the PyTorch-based backends); "
-        "`host`: from a host array, copies in and out included (ONNX Runtime)." if hw else "",
-        "", md_table(["Model", "Engine", "Batch", "Throughput (img/s)", "p50 ms", "p99 ms", "Timing"], perf_rows), "",
-        "Plots: " + "".join(f"[{data.plot_name} {p}]({data.plot_name.lower()}_{p}.png), " for p in cfg.precisions
-                            if data.plot_name) + "[throughput](throughput.png)", "",
-    ]
+            targets.insert(i, (f"{p}-eager", plan.engine("torch", p).dir))
+    bcfg = BenchConfig(batches=plan.batches, iters=cfg.iters, warmup=cfg.warmup, threads=cfg.threads,
+                       device=cfg.device, imgsz=None if plan.bench_hw in (None, "origin") else tuple(plan.bench_hw))
+    rows: list[dict[str, Any]] = []
+    for label, eng in targets:
+        identity = {"engine": str(eng), "created": Engine.load(eng, verify=False).created, "cfg": bcfg.__dict__}
+        rows.extend(plan.stages.get_or_compute(f"bench-{label}", identity, lambda eng=eng: bench_engine(eng, bcfg)))
+    return rows
+
+
+def run_pipeline(cfg: RunConfig) -> RunReport:
+    """export -> build -> predict + eval -> bench -> report; each stage's result kept under cfg.out_dir."""
+    plan = plan_run(cfg)
+    acc = accuracy_stage(plan)
+    bench_rows = bench_stage(plan, acc.engines)
+    plot_throughput(bench_rows, plan.out / "throughput.png")
+    post = dict(acc.engines[cfg.precisions[0]].post)
     mach, ver = machine(), versions()
-    md += [f"Machine: {mach['cpu']}, {mach['affinity_cores']} cores, {mach['memory_gib']} GiB. Versions: "
-           + ", ".join(f"{k} {v}" for k, v in ver.items() if k != "platform") + f". Created {now_iso()}."]
-    text = "\n".join(md) + "\n"
+    text = run_markdown(
+        title=f"{plan.spec.name} {plan.variant}", warnings=plan.warnings, data=plan.data,
+        settings=plan.data.settings(plan.imgsz, post), accuracy_rows=acc.rows,
+        calibration=plan.calib_set.describe() if plan.calib_set is not None else None, stage_rows=acc.stage_rows,
+        bench_rows=bench_rows, precisions=cfg.precisions, iters=cfg.iters, warmup=cfg.warmup, threads=cfg.threads,
+        machine=mach, versions=ver, created=now_iso(), stages=STAGES)
     report = {
-        "model": spec.name, "variant": variant, "weights": str(cfg.weights) if cfg.weights else None,
-        "warnings": warnings, "data": data.name, "imgsz": imgsz, "postprocess": post,
-        "calibration": calib_set.describe() if calib_set else None,
-        "accuracy": accuracy, "bench": bench_rows, "engines": {k: str(v.dir) for k, v in engines.items()},
+        "model": plan.spec.name, "variant": plan.variant, "weights": str(cfg.weights) if cfg.weights else None,
+        "warnings": plan.warnings, "data": plan.data.name, "imgsz": plan.imgsz, "postprocess": post,
+        "calibration": plan.calib_set.describe() if plan.calib_set else None,
+        "accuracy": acc.accuracy, "bench": bench_rows, "engines": {k: str(v.dir) for k, v in acc.engines.items()},
         "machine": mach, "versions": ver, "created": now_iso(),
     }
-    write_json(out / "report.json", report)
-    atomic_write_text(out / "report.md", text)
-    return RunReport(out / "report.md", text, report)
+    write_json(plan.out / "report.json", report)
+    atomic_write_text(plan.out / "report.md", text)
+    return RunReport(plan.out / "report.md", text, report)
