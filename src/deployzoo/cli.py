@@ -440,8 +440,6 @@ def run(
     from deployzoo.run import RunConfig, run_pipeline
 
     precs = tuple(dict.fromkeys(canonical_precision(p) for p in precisions.split(",") if p.strip()))
-    if not precs:
-        raise DeployzooError(f"--precisions {precisions!r}: no precision given (e.g. fp32,int8)")
     cfg = RunConfig(
         model=model, out_dir=output, variant=variant, weights=weights, precisions=precs,
         batches=_ints(batches, "--batches") if batches else None, predict_batch=predict_batch, data=data, gt=gt, calib=calib, calib_size=calib_size,

@@ -18,8 +18,9 @@ import numpy as np
 
 from deployzoo.backends.base import Runner
 from deployzoo.data.images import ImageError, SourceItem, decode_for_spec, read_item_bytes
-from deployzoo.engine import Engine, InputSpec
+from deployzoo.engine import Engine
 from deployzoo.registry import get_backend, get_task
+from deployzoo.specs import InputSpec
 from deployzoo.tasks.base import Prepared, Task
 
 log = logging.getLogger(__name__)

@@ -190,7 +190,7 @@ def accuracy_stage(plan: RunPlan) -> AccuracyStage:
 def bench_stage(plan: RunPlan, engines: dict[str, Engine]) -> list[dict[str, Any]]:
     """Engine-only benchmark rows of every precision's engine and, with cfg.reference, the eager peer."""
     cfg = plan.cfg
-    targets = [(p, engines[p].dir) for p in cfg.precisions]
+    targets = [(p, engines[p]) for p in cfg.precisions]
     if cfg.reference and cfg.backend != "torch":  # (a torch run's engines are the eager peer already)
         # the eager peer at fp32 and, on CUDA, at each low precision measured (autocast on the CPU is not a peer
         # anyone ships); built with the engines' own options (device, channels-last, TF32, CUDA graphs)
@@ -199,13 +199,13 @@ def bench_stage(plan: RunPlan, engines: dict[str, Engine]) -> list[dict[str, Any
         cuda = resolve_device(cfg.device).type == "cuda"
         peer = ["fp32"] + [p for p in cfg.precisions if cuda and p in ("fp16", "bf16")]
         for i, p in enumerate(peer):
-            targets.insert(i, (f"{p}-eager", plan.engine("torch", p).dir))
+            targets.insert(i, (f"{p}-eager", plan.engine("torch", p)))
     bcfg = BenchConfig(batches=plan.batches, iters=cfg.iters, warmup=cfg.warmup, threads=cfg.threads,
                        device=cfg.device, imgsz=None if plan.bench_hw in (None, "origin") else tuple(plan.bench_hw))
     rows: list[dict[str, Any]] = []
-    for label, eng in targets:
-        identity = {"engine": str(eng), "created": Engine.load(eng, verify=False).created, "cfg": bcfg.__dict__}
-        rows.extend(plan.stages.get_or_compute(f"bench-{label}", identity, lambda eng=eng: bench_engine(eng, bcfg)))
+    for label, e in targets:
+        identity = {"engine": str(e.dir), "created": e.created, "cfg": bcfg.__dict__}
+        rows.extend(plan.stages.get_or_compute(f"bench-{label}", identity, lambda e=e: bench_engine(e.dir, bcfg)))
     return rows
 
 

@@ -25,14 +25,14 @@ class ImageError(DeployzooError):
     """An image that cannot be used; predict skips it and counts it."""
 
 
-def read_image(path: str | Path, color: str = "BGR", exif_orientation: bool = False) -> np.ndarray:
+def read_image(path: str | Path, color: str = "BGR") -> np.ndarray:
     """Read any common image as H x W x 3 uint8 in `color` order (BGR or RGB).
 
     Grayscale is replicated to 3 channels, alpha is dropped, 16-bit is scaled to 8-bit. Empty, truncated and
-    undecodable files raise ImageError naming the file. `exif_orientation`: see decode_image.
+    undecodable files raise ImageError naming the file.
     """
     p = Path(path)
-    return decode_image(read_file_bytes(p), str(p), color, exif_orientation)
+    return decode_image(read_file_bytes(p), str(p), color)
 
 
 def read_file_bytes(path: Path) -> np.ndarray:
@@ -177,9 +177,9 @@ class SourceItem:
     data: bytes | None = field(default=None, compare=False, hash=False, repr=False)  # encoded image held in memory
 
 
-def load_item(item: SourceItem, color: str = "BGR", exif_orientation: bool = False) -> np.ndarray:
+def load_item(item: SourceItem, color: str = "BGR") -> np.ndarray:
     """The decoded image of an item: from its in-memory bytes when it has them, else from its file."""
-    return decode_image(*read_item_bytes(item), color, exif_orientation)
+    return decode_image(*read_item_bytes(item), color)
 
 
 def load_item_for_spec(item: SourceItem, spec: InputSpec) -> np.ndarray:
