@@ -28,7 +28,7 @@ from deployzoo.bench import BenchConfig, bench_engine
 from deployzoo.cache import ensure_engine
 from deployzoo.engine import gpu_info, machine, now_iso, versions
 from deployzoo.errors import DeployzooError
-from deployzoo.registry import backend_takes_options
+from deployzoo.registry import backend_capabilities
 from deployzoo.report import md_table
 
 # name -> (model, variant, engine imgsz, bench H x W for origin-size engines, batches)
@@ -121,7 +121,7 @@ for name in args.models.split(","):
         try:
             graphs = args.cuda_graphs and model != "maskrcnn" and args.device.startswith("cuda")
             opts = {"device": args.device, "channels_last": args.device.startswith("cuda"), "cuda_graphs": graphs} \
-                if backend_takes_options(backend) else None  # ORT takes its device at load
+                if backend_capabilities(backend).takes_options else None  # ORT takes its device at load
             build = dict(variant=variant, backend=backend, precision=prec, imgsz=imgsz, cache_dir=out / "cache",
                          options=opts)
             try:  # one dynamic-batch engine; graphs torch.export specialises (Mask R-CNN): one engine per batch

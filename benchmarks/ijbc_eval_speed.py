@@ -3,7 +3,7 @@
 usage: python benchmarks/ijbc_eval_speed.py [--images 469375] [--templates 23124] [--pairs 15658489] [--dim 512]
                                             [--keep DIR] [--sklearn-roc] [--seed 0]
 
-Writes a synthetic meta dir of that size (deployzoo.data.ijbc.write_synthetic_meta: one gallery template per
+Writes a synthetic meta dir of that size (deployzoo.demo.ijbc.write_synthetic_meta: one gallery template per
 subject, the rest probes, every probe paired with its gallery template plus random impostor pairs, sorted by
 gallery template like the real pair file) and float32 features (subject centre + noise of random strength) to
 a temp dir, or to DIR with --keep (and reused from DIR when it is already there). evaluate then runs in a
@@ -48,7 +48,7 @@ def _peak_rss_mib() -> float:
 
 def prepare(root: Path, images: int, templates: int, pairs: int, dim: int, seed: int) -> float:
     """Meta files + features.npy under root (skipped when a matching set is there); returns seconds spent."""
-    from deployzoo.data.ijbc import write_synthetic_meta
+    from deployzoo.demo.ijbc import write_synthetic_meta
 
     stamp = root / "benchmark.json"
     want = {"images": images, "templates": templates, "pairs": pairs, "dim": dim, "seed": seed}

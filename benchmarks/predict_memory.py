@@ -36,7 +36,7 @@ print(json.dumps(info))
 """
 
 from deployzoo.cache import ensure_engine  # noqa: E402
-from deployzoo.data.widerface import write_demo  # noqa: E402
+from deployzoo.demo.widerface import write_demo  # noqa: E402
 
 tmp = Path(tempfile.mkdtemp(prefix="dz-mem-"))
 weights = args.weights if Path(args.weights).is_file() else None

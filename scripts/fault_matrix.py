@@ -549,7 +549,8 @@ def flip_byte_and_rehash(f: Path) -> None:
 
 def wider_case(d: Path, body: str) -> list[str]:
     """A generated WIDER FACE set (ground truth .mat files) with prediction files whose body is `body`."""
-    from deployzoo.data.widerface import load_gt, write_demo
+    from deployzoo.data.widerface import load_gt
+    from deployzoo.demo.widerface import write_demo
 
     root = write_demo(d / "wider", n_images=3, seed=1)
     gt = load_gt(root / "ground_truth")

@@ -295,7 +295,7 @@ def test_run_arcface_demo_gives_the_seed_table_and_eval_ijbc_agrees(tmp_path):
 
 def test_eval_ijbc_errors_are_one_line(tmp_path, capsys):
     from deployzoo.cli import main
-    from deployzoo.data.ijbc import write_demo
+    from deployzoo.demo.ijbc import write_demo
 
     layout = write_demo(tmp_path / "ijbc", n_identities=4, images_per_identity=3, seed=0)
     n = len(layout.landmarks_path.read_text().splitlines())

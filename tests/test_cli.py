@@ -72,7 +72,8 @@ def test_python_dash_m_entry_point():
 def test_cli_eval_widerface_json_and_plot(tmp_path, capsys):
     import numpy as np
 
-    from deployzoo.data.widerface import load_gt, write_demo
+    from deployzoo.data.widerface import load_gt
+    from deployzoo.demo.widerface import write_demo
     from deployzoo.tasks.face_detection import write_widerface_txt
 
     root = write_demo(tmp_path / "demo", n_images=6, seed=2)

@@ -12,7 +12,8 @@ import cv2
 import numpy as np
 import pytest
 
-from deployzoo.data.coco import check_image_size, find_set, write_demo
+from deployzoo.data.coco import check_image_size, find_set
+from deployzoo.demo.coco import write_demo
 from deployzoo.data.images import SourceItem, load_item
 from deployzoo.errors import DeployzooError
 from deployzoo.metrics.coco import evaluate

@@ -88,7 +88,7 @@ def test_tasks_declare_their_hooks():
 
     class Plain(Task):
         name = "plain"
-        prepare = collate = postprocess = render = run_data = lambda self, *a, **k: None
+        prepare = collate = postprocess = render = lambda self, *a, **k: None
 
     t, runner = Plain(), type("R", (), {"run": lambda self, x: {"y": x}})()
     assert t.infer(runner, 3, {}) == {"y": 3} and t.open_format("x", Path("."), [], False) is None

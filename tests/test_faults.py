@@ -169,7 +169,7 @@ def test_ctrl_c_during_build_bench_run_export_exits_130(tiny_onnx, tiny_engine, 
     code, _, err = cli(["bench", tiny_engine, "--iters", "1"], capsys)
     assert code == 130 and "interrupted" in err
 
-    monkeypatch.setattr(run_mod, "ensure_engine", interrupt)
+    monkeypatch.setattr(run_mod, "cached_engine", interrupt)
     code, _, err = cli(["run", "retinaface", "--precisions", "fp32", "-o", tmp_path / "run"], capsys)
     assert code == 130
     one_error_line(err, code, "run the same command again", prefix="deployzoo: interrupted:")

@@ -252,9 +252,6 @@ class _DoubleTask(Task):
     def render(self, img, record):
         raise AssertionError("not reached")
 
-    def run_data(self, *a, **k):
-        raise AssertionError("not reached")
-
 
 class _ShapeTask(_DoubleTask):
     """Device-pipeline task double: records each decoded image's H x W."""

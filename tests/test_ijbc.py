@@ -21,7 +21,8 @@ from sklearn.metrics import auc, roc_curve
 import deployzoo.metrics.ijbc as mij
 from deployzoo.data.face_align import ARCFACE_TEMPLATE, align_face, similarity_transform
 from deployzoo.data.ijbc import (IJBCLayout, find_layout, iter_pairs, read_faceness, read_landmarks, read_pairs,
-                                 read_templates, write_demo, write_synthetic_meta)
+                                 read_templates)
+from deployzoo.demo.ijbc import write_demo, write_synthetic_meta
 from deployzoo.errors import DeployzooError
 from deployzoo.metrics.ijbc import (FAR_LEVELS, IJBCResult, evaluate, plot_roc, roc_from_sorted, tar_at_far,
                                     template_features)

@@ -23,7 +23,8 @@ from timm.models.volo import VOLO, OutlookAttention  # noqa: E402
 from deployzoo.errors import DeployzooError  # noqa: E402
 from deployzoo.models import volo  # noqa: E402
 from deployzoo.quant import recipes  # noqa: E402
-from deployzoo.registry import ModelSpec  # noqa: E402
+from deployzoo.registry import ModelSpec, get_model  # noqa: E402
+from deployzoo.request import Recipe  # noqa: E402
 
 TINY = dict(layers=(1, 1, 1, 1), embed_dims=(16, 32, 32, 32), num_heads=(2, 2, 2, 2), stem_hidden_dim=8)
 TINY_DEEPER = dict(TINY, layers=(2, 1, 1, 1))
@@ -38,7 +39,7 @@ def tiny(seed: int = 0, **over) -> VOLO:
 
 def volo_spec(build=None, fold: str = volo.DEFAULT_FOLD, exporter: str = volo.EXPORTER,
               opset: int = volo.OPSET) -> ModelSpec:
-    """The registry entry this module proposes (tests build it themselves until registry.py has it)."""
+    """A VOLO registry entry with this test's network, fold, exporter and opset."""
     size = {v: volo.default_imgsz(v) for v in volo.VARIANTS}
     return ModelSpec(
         name="volo", task="classification", variants=volo.VARIANTS, default_variant="d2_224",
@@ -52,19 +53,13 @@ def volo_spec(build=None, fold: str = volo.DEFAULT_FOLD, exporter: str = volo.EX
 
 
 def export_tiny(out: Path, exporter: str, fold: str, opset: int = 18):
-    """Tiny VOLO through deployzoo's export_onnx (dynamic batch, traced at batch 1), with the metadata keys
-    the registry entry adds."""
+    """Tiny VOLO through deployzoo's export_onnx (dynamic batch, traced at batch 1)."""
     from deployzoo import export
 
     spec = volo_spec(lambda variant, weights: tiny(0), fold=fold, exporter=exporter, opset=opset)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(export, "get_model", lambda name: spec)
         res = export.export_onnx("volo", out, batch=None)
-    m = onnx.load(str(out))
-    meta = json.loads(m.metadata_props[0].value)
-    meta.update(fp16_keep_ops=list(volo.FP16_KEEP_OPS), int8_op_types=list(volo.INT8_OP_TYPES))
-    m.metadata_props[0].value = json.dumps(meta)
-    onnx.save(m, str(out))
     return res, spec
 
 
@@ -317,9 +312,10 @@ def test_fp16_keeps_layernorm_softmax_and_attention_matmuls_fp32(tiny_onnx, tmp_
     assert Counter(ts_types[k] for k in ts_keep) == Counter(ops[k] for k in keep)
 
     # the build: with the keep list, those nodes compute in fp32; the MLP / projection MatMuls in fp16
-    meta = json.loads(model.metadata_props[0].value)
+    recipe = Recipe(fp16_keep_ops=volo.FP16_KEEP_OPS)
+    assert Recipe.for_model(get_model("volo_d2"), "d2_224").fp16_keep_ops == recipe.fp16_keep_ops  # the registry's
     dst = tmp_path / "fp16.onnx"
-    info = OrtBackend._fp16(src, dst, meta)
+    info = OrtBackend._fp16(src, dst, recipe)
     assert info["keep_ops"] == list(volo.FP16_KEEP_OPS) and info["keep_ops_nodes"] >= len(keep) - 4
     m16 = onnx.load(str(dst))  # the converter's own value_info: the element type each node now computes in
     types = {v.name: v.type.tensor_type.elem_type for v in list(m16.graph.value_info) + list(m16.graph.output)}
@@ -335,8 +331,8 @@ def test_fp16_keeps_layernorm_softmax_and_attention_matmuls_fp32(tiny_onnx, tmp_
     assert got.dtype == np.float32 and np.isfinite(got).all()
     assert np.abs(got - ref).max() < 5e-3  # measured 4.7e-4 (logits up to 0.65)
 
-    # without the metadata key the build is the previous one (RetinaFace / ArcFace unchanged)
-    plain = OrtBackend._fp16(src, tmp_path / "plain.onnx", {k: v for k, v in meta.items() if k != "fp16_keep_ops"})
+    # without fp32 op types in the recipe the build is the plain one (RetinaFace / ArcFace unchanged)
+    plain = OrtBackend._fp16(src, tmp_path / "plain.onnx", Recipe())
     assert plain == {"fp32_nodes": len(recipes.tail_nodes(model)),
                      "rule": "post-head decode tail kept fp32; inputs/outputs fp32"}
 
@@ -349,7 +345,7 @@ def test_int8_build_quantizes_matmul_gemm_conv(tiny_onnx, tmp_path, monkeypatch)
     from deployzoo.quant.calib import make_calib_set
 
     src, _, spec = tiny_onnx("dynamo", "convtranspose")
-    monkeypatch.setattr(registry, "get_model", lambda name: spec)  # _int8 reads the spec's recipe
+    monkeypatch.setattr(registry, "get_model", lambda name: spec)  # the request's recipe is the spec's
     rng = np.random.default_rng(0)
     for i in range(4):
         cv2.imwrite(str(tmp_path / f"c{i}.jpg"), rng.integers(0, 255, (240 + 20 * i, 300, 3), dtype=np.uint8))

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from scipy.io import loadmat, savemat
 
-from deployzoo.data.widerface import FACE_BOX, WiderGT, load_gt, write_demo
+from deployzoo.data.widerface import WiderGT, load_gt
+from deployzoo.demo.widerface import FACE_BOX, write_demo
 from deployzoo.errors import DeployzooError
 from deployzoo.metrics.widerface import evaluate
 

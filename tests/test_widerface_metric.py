@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 from scipy.io import loadmat, savemat
 
-from deployzoo.data.widerface import WiderGT, load_gt, write_demo
+from deployzoo.data.widerface import WiderGT, load_gt
+from deployzoo.demo.widerface import write_demo
 from deployzoo.errors import DeployzooError
 from deployzoo.metrics.widerface import (WiderResult, evaluate, plot_pr, read_pred_file, read_predictions,
                                          voc_ap)

@@ -7,18 +7,19 @@ import json
 import logging
 import os
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from deployzoo import __version__
-from deployzoo.build import build_engine
+from deployzoo.build import build
 from deployzoo.checkpoint import file_sha256
-from deployzoo.engine import MANIFEST, read_manifest
+from deployzoo.engine import MANIFEST, Engine
 from deployzoo.errors import DeployzooError
-from deployzoo.export import export_onnx, parse_imgsz
+from deployzoo.export import export_onnx
 from deployzoo.files import write_json
-from deployzoo.quant.calib import CalibSet, make_calib_set
 from deployzoo.registry import canonical_precision, get_model, get_task
+from deployzoo.request import BuildRequest, Calibration
 
 log = logging.getLogger(__name__)
 
@@ -53,50 +54,42 @@ class StageCache:
         return value
 
 
-def ensure_engine(
-    model: str,
-    *,
-    variant: str | None = None,
-    weights: str | Path | None = None,
-    backend: str = "ort",
-    precision: str = "fp32",
-    imgsz: Any = None,
-    batch: int | None = None,
-    calib: str | Path | CalibSet | None = None,
-    calib_size: int = 64,
-    calib_method: str = "minmax",
-    cache_dir: str | Path | None = None,
-    seed: int = 0,
-    float_groups: tuple[str, ...] | None = None,
-    options: dict[str, Any] | None = None,
-) -> Path:
-    """Export (if needed) and build (if needed) an engine; return its directory."""
-    spec = get_model(model)
-    variant = spec.check_variant(variant)
-    imgsz = parse_imgsz(imgsz if imgsz is not None else spec.default_imgsz[variant])
-    precision = canonical_precision(precision)
+def cached_engine(request: BuildRequest, cache_dir: str | Path | None = None) -> Engine:
+    """Export (if needed) and build (if needed) the engine of `request` under the cache; return it. The graph is
+    keyed on what it depends on (model, variant, weights' sha256, size, batch), the engine on the request's whole
+    identity (backend, precision, calibration file list, recipe, options)."""
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
-    wid = {"sha256": file_sha256(weights)} if weights else {"random_seed": seed}
-    graph_id = {"v": __version__, "model": spec.name, "variant": variant, "weights": wid, "imgsz": imgsz, "batch": batch}
-    onnx_path = cache / "onnx" / f"{spec.name}-{variant}-{content_key(graph_id)[:16]}.onnx"
+    wid = {"sha256": file_sha256(request.weights)} if request.weights else {"random_seed": request.seed}
+    name = f"{request.model}-{request.variant}"
+    onnx_path = cache / "onnx" / f"{name}-{content_key(request.graph_identity(wid, __version__))[:16]}.onnx"
     if not onnx_path.is_file():
-        log.info("exporting %s %s -> %s", spec.name, variant, onnx_path)
-        export_onnx(spec.name, onnx_path, variant=variant, weights=weights, imgsz=imgsz, batch=batch, seed=seed)
-    cs = None
-    if precision == "int8" and calib is not None:
-        cs = calib if isinstance(calib, CalibSet) else make_calib_set(calib, calib_size, calib_method,
-                                                                      task=get_task(spec.task))
-    options = {k: v for k, v in (options or {}).items() if v is not None}
-    eng_id = {**graph_id, "backend": backend, "precision": precision, "calib": cs.describe() if cs else None,
-              "float_groups": float_groups, **({"options": options} if options else {})}
-    eng = cache / "engines" / f"{spec.name}-{variant}-{backend}-{precision}-{content_key(eng_id)[:16]}"
+        log.info("exporting %s %s -> %s", request.model, request.variant, onnx_path)
+        export_onnx(request.model, onnx_path, variant=request.variant, weights=request.weights,
+                    imgsz=request.imgsz if request.imgsz == "origin" else list(request.imgsz), batch=request.batch,
+                    seed=request.seed)
+    if request.needs_calibration:  # the engine's identity includes the calibration images' file list
+        request = replace(request, calibration=request.calibration.resolve(get_task(get_model(request.model).task)))
+    eng_id = request.engine_identity(wid, __version__)
+    eng = cache / "engines" / f"{name}-{request.backend}-{request.precision}-{content_key(eng_id)[:16]}"
     if (eng / MANIFEST).is_file():
         try:
-            read_manifest(eng)
+            engine = Engine.load(eng, verify=False)  # (predict and bench check its files when they load it)
             log.info("cached engine %s", eng)
-            return eng
+            return engine
         except DeployzooError as exc:  # an engine of an older format, or damaged: build it again
             log.warning("cached engine not usable (%s); building it again", exc)
-    log.info("building %s %s %s -> %s", spec.name, backend, precision, eng)
-    return build_engine(onnx_path, eng, backend=backend, precision=precision, calib=cs, float_groups=float_groups,
-                        options=options)
+    log.info("building %s %s %s -> %s", request.model, request.backend, request.precision, eng)
+    return build(onnx_path, eng, request)
+
+
+def ensure_engine(model: str, *, cache_dir: str | Path | None = None, calib: str | Path | Any | None = None,
+                  calib_size: int = 64, calib_method: str = "minmax", **fields: Any) -> Path:
+    """`cached_engine` with the request made from keywords (BuildRequest.create's: variant, weights, backend,
+    precision, imgsz, batch, options, float_groups, seed); `calib` a directory or a chosen CalibSet. Returns the
+    engine directory."""
+    cal = None
+    if calib is not None:
+        cal = calib if not isinstance(calib, (str, Path)) else Calibration(Path(calib), calib_size, calib_method)
+    if canonical_precision(fields.get("precision", "fp32")) != "int8":
+        cal = None  # only int8 reads calibration images (a run passes its set to every precision)
+    return cached_engine(BuildRequest.create(model, calibration=cal, **fields), cache_dir).dir

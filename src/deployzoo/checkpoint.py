@@ -4,7 +4,6 @@ and one-line errors that name the file and the keys that do not fit."""
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import pickle
 import pickletools

@@ -18,6 +18,7 @@ import typer
 
 from deployzoo import __version__
 from deployzoo.errors import DeployzooError, Interrupted
+from deployzoo.request import request_options
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Trained PyTorch model -> exported, built, scored and benchmarked inference engine.")
@@ -37,21 +38,7 @@ def _ints(text: str, what: str) -> tuple[int, ...]:
     return vals
 
 
-# build options of the PyTorch backends (torch, aoti): one definition, used by build / predict / run
-_TF32 = typer.Option(None, "--tf32/--no-tf32", help="[torch, aoti] TF32 matmuls/convs for fp32 on CUDA (default on).")
-_CHANNELS_LAST = typer.Option(None, "--channels-last/--no-channels-last",
-                              help="[torch, aoti] NHWC network and input (default: on for CUDA, off for CPU).")
-_CUDA_GRAPHS = typer.Option(None, "--cuda-graphs/--no-cuda-graphs",
-                            help="[torch, aoti] replay a CUDA graph per input shape (CUDA only; default off).")
-_OPT_BATCH = typer.Option(None, "--opt-batch", help="[aoti] batch a dynamic-batch engine is traced at (default 8).")
-
-
-def _build_opts(device: str | None, tf32: bool | None, channels_last: bool | None, cuda_graphs: bool | None,
-                opt_batch: int | None) -> dict[str, object]:
-    """The set build options (None = backend default); backends without options refuse any that is set."""
-    opts = {"device": device, "tf32": tf32, "channels_last": channels_last, "cuda_graphs": cuda_graphs,
-            "opt_batch": opt_batch}
-    return {k: v for k, v in opts.items() if v is not None}
+_BUILD_OPTIONS = ("tf32", "channels_last", "cuda_graphs", "opt_batch")  # request.BuildOptions' flags but --device
 
 
 def _echo_json(obj: object) -> None:
@@ -120,23 +107,21 @@ def models() -> None:
 
 
 @app.command()
+@request_options("variant", "weights", "imgsz")
 def export(
     model: str = typer.Argument(..., help="Model name (see `deployzoo models`)."),
     output: Path = typer.Option(..., "-o", "--output", help="ONNX file to write."),
-    variant: Optional[str] = typer.Option(None, help="Model variant."),
-    weights: Optional[Path] = typer.Option(None, help="Checkpoint (official layout). None: random init."),
-    imgsz: Optional[str] = typer.Option(None, help="'origin' (dynamic H x W) or 'H W' / HxW."),
     batch: int = typer.Option(1, help="Fixed batch size."),
     dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="Dynamic batch axis."),
     opset: Optional[int] = typer.Option(None, help="ONNX opset (>= 17; default: the model's, 17 or 18)."),
     exporter: Optional[str] = typer.Option(None, help="torchscript or dynamo (default: the model's)."),
+    req: dict = None,  # request_options' values
 ) -> None:
     """Export a model to ONNX and print the ORT-vs-PyTorch max abs difference."""
     from deployzoo.export import export_onnx
 
     with _on_interrupt(lambda: f"{output} not written (an export is written whole or not at all); run it again"):
-        r = export_onnx(model, output, variant=variant, weights=weights, imgsz=imgsz,
-                        batch=None if dynamic_batch else batch, opset=opset, exporter=exporter)
+        r = export_onnx(model, output, **req, batch=None if dynamic_batch else batch, opset=opset, exporter=exporter)
     typer.echo(f"wrote {r.path} (onnx.checker passed)")
     what = "detections" if "count_diff" in r.max_abs_diff else "max abs diff"  # detection graphs: paired detections
     typer.echo(f"ORT vs PyTorch {what}: " + ", ".join(f"{k} {v:.3g}" for k, v in r.max_abs_diff.items()))
@@ -145,37 +130,33 @@ def export(
 
 
 @app.command()
+@request_options("backend", "precision", "calib", "calib_size", "calib_method", "device", *_BUILD_OPTIONS)
 def build(
     onnx_path: Path = typer.Argument(..., help="ONNX file from `deployzoo export`."),
     output: Path = typer.Option(..., "-o", "--output", help="Engine directory to write."),
-    backend: str = typer.Option("ort", help="ort | torch | aoti (AOTInductor .pt2, compiled for --device)."),
-    precision: str = typer.Option("fp32", help="fp32 | fp16 | bf16 (torch, aoti) | int8 (ort) (or the seed names)."),
-    calib: Optional[Path] = typer.Option(None, help="Calibration images (int8), separate from the evaluation set."),
-    calib_size: int = typer.Option(64, help="Number of calibration images."),
-    calib_method: str = typer.Option("minmax", help="minmax | entropy | percentile."),
     conf: Optional[float] = typer.Option(None, help="Score threshold (default 0.02)."),
     iou: Optional[float] = typer.Option(None, help="NMS IoU threshold (default 0.4)."),
     max_det: Optional[int] = typer.Option(None, help="Detections kept per image after NMS (default 750)."),
     top_k: Optional[int] = typer.Option(None, help="Candidates kept before NMS (default 5000)."),
-    device: Optional[str] = typer.Option(None, help="[torch, aoti] cpu | cuda | cuda:N (default: cuda if present)."),
-    tf32: Optional[bool] = _TF32,
-    channels_last: Optional[bool] = _CHANNELS_LAST,
-    cuda_graphs: Optional[bool] = _CUDA_GRAPHS,
-    opt_batch: Optional[int] = _OPT_BATCH,
+    req: dict = None,  # request_options' values
 ) -> None:
     """Build an engine directory (model file + manifest.json) at a precision."""
-    from deployzoo.build import build_engine
+    from deployzoo.build import build as build_request
+    from deployzoo.request import BuildRequest, Graph, request_kwargs
 
     with _on_interrupt(lambda: f"no engine written to {output} (a build is written whole or not at all; an engine "
                        "already there is unchanged); run the build again"):
-        out = build_engine(onnx_path, output, backend=backend, precision=precision, calib=calib,
-                           calib_size=calib_size, calib_method=calib_method,
-                           post={"conf": conf, "iou": iou, "max_det": max_det, "top_k": top_k},
-                           options=_build_opts(device, tf32, channels_last, cuda_graphs, opt_batch))
-    typer.echo(f"wrote engine {out}")
+        graph = Graph.read(onnx_path)
+        request = BuildRequest.for_graph(graph, **request_kwargs(req),
+                                         post={"conf": conf, "iou": iou, "max_det": max_det, "top_k": top_k})
+        eng = build_request(graph, output, request)
+    typer.echo(f"wrote engine {eng.dir}")
 
 
 @app.command()
+@request_options(*_BUILD_OPTIONS)
+@request_options("variant", "weights", "backend", "precision", "imgsz", "calib", "calib_size", "calib_method",
+                 prefix="(model name) ")
 def predict(
     engine: str = typer.Argument(..., help="Engine directory, or a model name to build (cached) and run."),
     source: Path = typer.Option(..., help="Image DIR, FILE, LIST (.txt) or WIDER FACE root; for arcface also an IJB-C "
@@ -189,41 +170,30 @@ def predict(
     overwrite: bool = typer.Option(False, help="Replace existing predictions."),
     threads: Optional[int] = typer.Option(None, help="Runtime threads."),
     device: Optional[str] = typer.Option(None, help="cpu | cuda:N."),
-    variant: Optional[str] = typer.Option(None, help="[model name] variant."),
-    weights: Optional[Path] = typer.Option(None, help="[model name] checkpoint."),
-    backend: str = typer.Option("ort", help="[model name] backend."),
-    precision: str = typer.Option("fp32", help="[model name] precision."),
-    imgsz: Optional[str] = typer.Option(None, help="[model name] 'origin' or 'H W'."),
-    dynamic_batch: bool = typer.Option(True, help="[model name] dynamic batch engine."),
-    calib: Optional[Path] = typer.Option(None, help="[model name] int8 calibration images."),
-    calib_size: int = typer.Option(64, help="[model name] calibration images used."),
-    calib_method: str = typer.Option("minmax", help="[model name] minmax | entropy | percentile."),
+    dynamic_batch: bool = typer.Option(True, help="(model name) dynamic batch engine."),
     conf: Optional[float] = typer.Option(None, help="Score threshold override."),
     iou: Optional[float] = typer.Option(None, help="NMS IoU override."),
     max_det: Optional[int] = typer.Option(None, help="Max detections override."),
-    flip: Optional[bool] = typer.Option(None, "--flip/--no-flip", help="[face recognition] flip test (default on)."),
+    flip: Optional[bool] = typer.Option(None, "--flip/--no-flip", help="(face recognition) flip test (default on)."),
     pipeline: str = typer.Option("auto", help="auto | host | device: decode / pre / post on the CPU (host) or on "
                                  "the engine's device (torch-based backends; auto: device when on CUDA)."),
-    tf32: Optional[bool] = _TF32,
-    channels_last: Optional[bool] = _CHANNELS_LAST,
-    cuda_graphs: Optional[bool] = _CUDA_GRAPHS,
-    opt_batch: Optional[int] = _OPT_BATCH,
+    req: dict = None,  # request_options' values
 ) -> None:
     """Run an engine (or a model, built on the fly) over images; write OUT/predictions.jsonl."""
-    from deployzoo.cache import ensure_engine
+    from deployzoo.cache import cached_engine
     from deployzoo.predict import predict as run_predict
     from deployzoo.predict import predict_kept
-    from deployzoo.registry import backend_takes_options, model_names
+    from deployzoo.registry import backend_capabilities, model_names
+    from deployzoo.request import BuildRequest, request_kwargs
 
     formats = tuple(dict.fromkeys(["jsonl", *[f.strip() for x in fmt for f in x.split(",") if f.strip()]]))
     if not Path(engine).exists() and engine.lower() in model_names():
         with _on_interrupt(lambda: "the engine build was abandoned (nothing cached half-built) and no image was "
                            "predicted; run the command again"):
-            engine_dir = ensure_engine(engine, variant=variant, weights=weights, backend=backend, precision=precision,
-                                       imgsz=imgsz, batch=None if dynamic_batch else (batch or 1), calib=calib,
-                                       calib_size=calib_size, calib_method=calib_method,
-                                       options=_build_opts(device if backend_takes_options(backend) else None, tf32,
-                                                           channels_last, cuda_graphs, opt_batch))
+            if device and backend_capabilities(req["backend"]).takes_options:
+                req["device"] = device  # the engine is built for the device it runs on
+            request = BuildRequest.create(engine, batch=None if dynamic_batch else (batch or 1), **request_kwargs(req))
+            engine_dir = cached_engine(request).dir
         typer.echo(f"engine: {engine_dir}", err=True)
     else:
         engine_dir = Path(engine)
@@ -402,11 +372,14 @@ def bench(
 
 
 @app.command()
+@request_options("variant", "weights", "imgsz", "calib", "calib_size", "calib_method", "backend", *_BUILD_OPTIONS,
+                 helps={"weights": "Checkpoint; none = random init (accuracy not meaningful).",
+                        "calib": "int8 calibration images (default: demo's calib split).",
+                        "imgsz": "'origin' (official WIDER protocol) or 'H W' (default: the model's).",
+                        "backend": "Backend of the built engines: ort | aoti | torch."})
 def run(
     model: str = typer.Argument(..., help="Model name."),
     output: Path = typer.Option(..., "-o", "--output", help="Run directory (report.md, report.json, plots)."),
-    variant: Optional[str] = typer.Option(None),
-    weights: Optional[Path] = typer.Option(None, help="Checkpoint; none = random init (accuracy not meaningful)."),
     precisions: str = typer.Option("fp32,int8", help="Comma-separated precisions."),
     batches: Optional[str] = typer.Option(None, help="Batch sizes to benchmark (default: the seed's, e.g. 1,4,8)."),
     predict_batch: Optional[int] = typer.Option(None, help="Batch of the accuracy pass (default: the seed's)."),
@@ -415,18 +388,9 @@ def run(
                              "(generated)."),
     gt: Optional[Path] = typer.Option(None, help="Ground truth when it is not in DATA (WIDER ground_truth dir, "
                                       "ImageNet labels, COCO instances json)."),
-    calib: Optional[Path] = typer.Option(None, help="int8 calibration images (default: demo's calib split)."),
-    calib_size: int = typer.Option(64),
-    calib_method: str = typer.Option("minmax"),
-    backend: str = typer.Option("ort", help="Backend of the built engines: ort | aoti | torch."),
     reference: bool = typer.Option(True, help="Also benchmark eager PyTorch (backend torch, same build options; fp32, "
                                    "and on CUDA each of fp16 / bf16 the run measures) as the peer."),
     device: Optional[str] = typer.Option(None, help="cpu | cuda | cuda:N (default: cuda if present)."),
-    tf32: Optional[bool] = _TF32,
-    channels_last: Optional[bool] = _CHANNELS_LAST,
-    cuda_graphs: Optional[bool] = _CUDA_GRAPHS,
-    opt_batch: Optional[int] = _OPT_BATCH,
-    imgsz: Optional[str] = typer.Option(None, help="'origin' (official WIDER protocol) or 'H W'."),
     bench_imgsz: Optional[str] = typer.Option(None, help="Benchmark input H W for origin-size engines (default: "
                                               "the model's, 640 640; Mask R-CNN 800 1344)."),
     iters: int = typer.Option(20, help="Benchmark iterations per batch size."),
@@ -434,18 +398,19 @@ def run(
     threads: Optional[int] = typer.Option(None),
     demo_images: Optional[int] = typer.Option(None, help="Images in the generated demo dataset (default: the "
                                               "task's, 24; Mask R-CNN 8)."),
+    req: dict = None,  # request_options' values
 ) -> None:
     """Export, build per precision, predict + eval, bench per batch; write RUN_DIR/report.md + report.json."""
     from deployzoo.registry import canonical_precision
     from deployzoo.run import RunConfig, run_pipeline
 
     precs = tuple(dict.fromkeys(canonical_precision(p) for p in precisions.split(",") if p.strip()))
+    opts = {k: req.pop(k) for k in _BUILD_OPTIONS if req.get(k) is not None}
     cfg = RunConfig(
-        model=model, out_dir=output, variant=variant, weights=weights, precisions=precs,
-        batches=_ints(batches, "--batches") if batches else None, predict_batch=predict_batch, data=data, gt=gt, calib=calib, calib_size=calib_size,
-        calib_method=calib_method, backend=backend, reference=reference, imgsz=imgsz, bench_imgsz=bench_imgsz,
-        iters=iters, warmup=warmup, threads=threads, demo_images=demo_images, device=device,
-        build_options=_build_opts(None, tf32, channels_last, cuda_graphs, opt_batch),
+        model=model, out_dir=output, precisions=precs, batches=_ints(batches, "--batches") if batches else None,
+        predict_batch=predict_batch, data=data, gt=gt, reference=reference, bench_imgsz=bench_imgsz, iters=iters,
+        warmup=warmup, threads=threads, demo_images=demo_images, device=device, build_options=opts,
+        **{k: v for k, v in req.items() if k not in _BUILD_OPTIONS},
     )
     with _on_interrupt(lambda: f"every finished stage is kept in {output} (engines, predictions, scores, benchmark "
                        "rows); run the same command again to continue from them"):

@@ -234,6 +234,12 @@ _TASKS = {
     "classification": ("deployzoo.tasks.classification", "ClassificationTask"),
     "instance_segmentation": ("deployzoo.tasks.instance_segmentation", "InstanceSegmentationTask"),
 }
+_SUITES = {
+    "widerface": ("deployzoo.suites.widerface", "WiderFaceSuite"),
+    "ijbc": ("deployzoo.suites.ijbc", "IJBCSuite"),
+    "imagenet": ("deployzoo.suites.imagenet", "ImageNetSuite"),
+    "coco": ("deployzoo.suites.coco", "CocoSuite"),
+}
 _BACKENDS = {"ort": ("deployzoo.backends.ort", "OrtBackend"), "torch": ("deployzoo.backends.torch_eager", "TorchBackend"),
              "aoti": ("deployzoo.backends.aoti", "AotiBackend")}
 
@@ -257,13 +263,26 @@ def get_task(name: str):
     return getattr(importlib.import_module(mod), cls)()
 
 
+def suite_names() -> list[str]:
+    return list(_SUITES)
+
+
+def get_suite(name: str):
+    """The Suite class (suites.base.Suite) of a dataset name, as a task's `suite` names it."""
+    if name not in _SUITES:
+        raise DeployzooError(f"unknown suite {name!r} (choose from {', '.join(_SUITES)})")
+    mod, cls = _SUITES[name]
+    return getattr(importlib.import_module(mod), cls)
+
+
 def backend_names() -> list[str]:
     return list(_BACKENDS)
 
 
-def backend_takes_options(name: str) -> bool:
-    """Whether a backend takes build options (device, tf32, channels-last, ...: the PyTorch-based ones)."""
-    return bool(getattr(get_backend(name), "takes_options", False))
+def backend_capabilities(name: str):
+    """The backend's declared capability record (backends.base.Capabilities: precisions, devices, build options,
+    device pipeline)."""
+    return get_backend(name).capabilities
 
 
 def get_backend(name: str):

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from deployzoo.bench import BenchConfig, bench_engine
-from deployzoo.cache import StageCache, ensure_engine
+from deployzoo.cache import StageCache, cached_engine
 from deployzoo.engine import RANDOM_WEIGHTS_WARNING, Engine, machine, now_iso, versions
 from deployzoo.files import atomic_write_text, write_json
 from deployzoo.errors import DeployzooError
@@ -19,7 +19,8 @@ from deployzoo.export import parse_imgsz
 from deployzoo.pipeline import STAGES
 from deployzoo.predict import SUMMARY_FILE, predict
 from deployzoo.quant.calib import make_calib_set
-from deployzoo.registry import backend_takes_options, get_model, get_task
+from deployzoo.registry import backend_capabilities, get_model, get_suite, get_task
+from deployzoo.request import BuildRequest
 from deployzoo.report import plot_throughput, run_markdown
 from deployzoo.tasks.base import task_source
 
@@ -46,7 +47,7 @@ class RunConfig:
     iters: int = 20
     warmup: int = 3
     threads: int | None = None
-    demo_images: int | None = None  # None: the task's default
+    demo_images: int | None = None  # None: the suite's default
     predict_batch: int | None = None  # None: the model's default
     device: str | None = None  # cpu | cuda | cuda:N; None: cuda if present
     build_options: dict[str, Any] = field(default_factory=dict)  # torch / aoti build options (torch_common)
@@ -94,18 +95,20 @@ class RunPlan:
         return f"{self.spec.name}-{self.variant}"
 
     def options(self, backend: str) -> dict[str, Any] | None:
-        """Build options for the PyTorch backends (the eager peer gets the engines' own); ORT takes none."""
-        if not backend_takes_options(backend):
+        """Build options for the backends that take them (the eager peer gets the engines' own); others none."""
+        if not backend_capabilities(backend).takes_options:
             return None
         return {**self.cfg.build_options, **({"device": self.cfg.device} if self.cfg.device else {})}
 
+    def request(self, backend: str, precision: str) -> BuildRequest:
+        return BuildRequest.create(self.spec.name, variant=self.variant, weights=self.cfg.weights, backend=backend,
+                                   precision=precision, imgsz=self.imgsz, batch=None,
+                                   calibration=self.calib_set if precision == "int8" else None,
+                                   options=self.options(backend))
+
     def engine(self, backend: str, precision: str) -> Engine:
         """The cached (else exported and built) engine of this run's model at `precision`."""
-        eng = ensure_engine(self.spec.name, variant=self.variant, weights=self.cfg.weights, backend=backend,
-                            precision=precision, imgsz=self.imgsz, batch=None,
-                            calib=self.calib_set if precision == "int8" else None, cache_dir=self.out / "cache",
-                            options=self.options(backend))
-        return Engine.load(eng, verify=False)  # (predict and bench check its files when they load it)
+        return cached_engine(self.request(backend, precision), self.out / "cache")
 
 
 def plan_run(cfg: RunConfig) -> RunPlan:
@@ -114,11 +117,15 @@ def plan_run(cfg: RunConfig) -> RunPlan:
         raise DeployzooError("--precisions: no precision given (e.g. fp32,int8)")
     spec = get_model(cfg.model)
     variant = spec.check_variant(cfg.variant)
+    caps = backend_capabilities(cfg.backend)
+    for p in cfg.precisions:  # before any data is made or engine built
+        problem = caps.precision_problem(cfg.backend, p)
+        if problem:
+            raise DeployzooError(f"--precisions {','.join(cfg.precisions)}: {problem}")
     task = get_task(spec.task)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    demo = {"demo_images": cfg.demo_images} if cfg.demo_images else {}
-    data = task.run_data(cfg.data, out / "data", cfg.gt, **demo)
+    data = get_suite(task.suite)(cfg.data, out / "data", cfg.gt, cfg.demo_images)
     calib_set = None
     if "int8" in cfg.precisions:
         calib_dir = cfg.calib or data.calib_default

@@ -19,15 +19,20 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+from deployzoo.backends.base import Capabilities
 from deployzoo.backends.torch_common import (TensorRunner, autocast_wrap, build_options, check_graphable,
                                              resolve_device)
 from deployzoo.backends.torch_eager import source_module
 from deployzoo.engine import Engine
 from deployzoo.errors import DeployzooError
+from deployzoo.specs import BatchSpec, InputSpec
+
+if TYPE_CHECKING:
+    from deployzoo.request import BuildRequest, Graph
 
 log = logging.getLogger(__name__)
 
@@ -52,14 +57,13 @@ class _ExportWrapper(torch.nn.Module):
         return tuple(self.inner(*xs))
 
 
-def _dynamic_shapes(meta: dict[str, Any], n_inputs: int) -> tuple[Any, ...] | None:
-    b = meta["batch"]
+def _dynamic_shapes(batch: BatchSpec, spec: InputSpec, n_inputs: int) -> tuple[Any, ...] | None:
     dims: list[dict[int, Any]] = [{} for _ in range(n_inputs)]
-    if b.get("dynamic"):
-        batch = torch.export.Dim("batch", min=int(b.get("min", 1)), max=int(b.get("max", 64)))
+    if batch.dynamic:
+        b = torch.export.Dim("batch", min=batch.min, max=batch.max if batch.max is not None else 64)
         for d in dims:
-            d[0] = batch
-    if meta["input"].get("imgsz") == "origin":
+            d[0] = b
+    if spec.origin:
         lo, hi = ORIGIN_RANGE
         dims[0][2] = torch.export.Dim("height", min=lo, max=hi)
         dims[0][3] = torch.export.Dim("width", min=lo, max=hi)
@@ -68,68 +72,62 @@ def _dynamic_shapes(meta: dict[str, Any], n_inputs: int) -> tuple[Any, ...] | No
     return (tuple(d or None for d in dims),)
 
 
-def probe_batches(meta: dict[str, Any], opts: dict[str, Any]) -> list[int]:
-    b = meta["batch"]
-    if not b.get("dynamic"):
-        return [int(b["size"])]
-    lo, hi = int(b.get("min", 1)), int(b.get("max", 64))
+def probe_batches(batch: BatchSpec, opts: dict[str, Any]) -> list[int]:
+    if not batch.dynamic:
+        return [int(batch.size)]
+    lo, hi = batch.min, batch.max if batch.max is not None else 64
     opt = int(opts["opt_batch"])
     trace = opt if opt >= 2 or hi < 2 else 2  # a dim traced at 1 is specialised by torch.export
     return [trace] + [n for n in (lo, min(hi, trace + 1)) if n != trace][:1]
 
 
-def _inputs(module: torch.nn.Module, meta: dict[str, Any], batch: int, hw: Any, seed: int,
+def _inputs(module: torch.nn.Module, spec: InputSpec, batch: int, hw: Any, seed: int,
             device: torch.device, channels_last: bool) -> tuple[torch.Tensor, ...]:
     from deployzoo.export import graph_inputs, probe_input
 
-    x = probe_input(hw, batch, seed, meta["input"])
+    x = probe_input(hw, batch, seed, {"mean": list(spec.mean), "std": list(spec.std)})
     ts = [t.to(device) for t in graph_inputs(module, x)]
     if channels_last:
         ts[0] = ts[0].contiguous(memory_format=torch.channels_last)
     return tuple(ts)
 
 
-def _host(meta: dict[str, Any], outs: Any) -> dict[str, Any]:
+def _host(names: tuple[str, ...], outs: Any) -> dict[str, Any]:
     """Graph outputs by name as host arrays (floating ones in float32)."""
-    return {n: (t.float() if t.is_floating_point() else t).cpu().numpy() for n, t in zip(meta["outputs"], outs)}
+    return {n: (t.float() if t.is_floating_point() else t).cpu().numpy() for n, t in zip(names, outs)}
 
 
 class AotiBackend:
     name = "aoti"
-    precisions = ("fp32", "fp16", "bf16")
-    needs_onnx = True  # the exported graph carries model, variant, weights and input spec
-    takes_options = True
+    capabilities = Capabilities(precisions=("fp32", "fp16", "bf16"), devices=("cpu", "cuda"), takes_options=True,
+                                device_pipeline=True, refused={"int8": INT8_MESSAGE})
 
-    def precision_error(self, precision: str) -> str:
-        return INT8_MESSAGE if precision == "int8" else f"backend aoti: precision {precision} not supported"
-
-    def build(self, onnx_path: Path, out_dir: Path, precision: str, meta: dict[str, Any],
-              calib: Any | None, options: dict[str, Any] | None = None) -> dict[str, Any]:
+    def build(self, graph: Graph, out_dir: Path, request: BuildRequest) -> dict[str, Any]:
         from deployzoo.export import merge_worst, output_diffs
 
-        opts = build_options(options, meta, onnx_path)
+        where, spec, batch = graph.path, graph.input, graph.batch
+        what = f"{graph.model} {graph.variant}"
+        opts = build_options(request.options, batch, where)
         dev = torch.device(opts["device"])
-        base = source_module(meta, onnx_path).to(dev)
-        check_graphable(base, opts, onnx_path)
+        base = source_module(graph).to(dev)
+        check_graphable(base, opts, where)
         if opts["channels_last"]:
             base = base.to(memory_format=torch.channels_last)
-        module = _ExportWrapper(autocast_wrap(base, precision, dev.type)).eval()
-        hw = meta["input"].get("imgsz", "origin")
-        batches = probe_batches(meta, opts)
-        example = _inputs(base, meta, batches[0], hw, 0, dev, opts["channels_last"])
+        module = _ExportWrapper(autocast_wrap(base, request.precision, dev.type)).eval()
+        hw = "origin" if spec.origin else list(spec.imgsz)
+        batches = probe_batches(batch, opts)
+        example = _inputs(base, spec, batches[0], hw, 0, dev, opts["channels_last"])
         t0 = time.perf_counter()
         try:
             with torch.inference_mode():
-                ep = torch.export.export(module, example, dynamic_shapes=_dynamic_shapes(meta, len(example)))
+                ep = torch.export.export(module, example, dynamic_shapes=_dynamic_shapes(batch, spec, len(example)))
         except Exception as exc:  # noqa: BLE001 - torch.export raises many types; the first line says why
             first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
             hint = (" (its code fixes the batch: export with --batch N for a fixed-batch aoti engine)"
-                    if meta["batch"].get("dynamic") and "batch" in first else "")
-            raise DeployzooError(f"{onnx_path}: torch.export cannot capture {meta['model']} {meta['variant']} "
-                                 f"for aoti: {first}{hint}") from None
+                    if batch.dynamic and "batch" in first else "")
+            raise DeployzooError(f"{where}: torch.export cannot capture {what} for aoti: {first}{hint}") from None
         t_export = time.perf_counter() - t0
-        log.info("aoti: exported %s %s in %.1fs; compiling for %s (takes a minute or more)", meta["model"],
-                 meta["variant"], t_export, dev)
+        log.info("aoti: exported %s in %.1fs; compiling for %s (takes a minute or more)", what, t_export, dev)
         pkg = out_dir / MODEL_FILE
         try:
             with torch.inference_mode():
@@ -138,16 +136,15 @@ class AotiBackend:
             lines = [x for x in str(exc).strip().splitlines() if x.strip()]
             cause = lines[-1][:300] if lines else type(exc).__name__
             hint = (" (a dynamic-batch graph with data-dependent sizes: try a fixed-batch export, --batch N)"
-                    if meta["batch"].get("dynamic") else "")
-            raise DeployzooError(f"{onnx_path}: AOTInductor cannot compile {meta['model']} {meta['variant']}: "
-                                 f"{cause}{hint}") from None
+                    if batch.dynamic else "")
+            raise DeployzooError(f"{where}: AOTInductor cannot compile {what}: {cause}{hint}") from None
         t_compile = time.perf_counter() - t0 - t_export
         compiled = torch._inductor.aoti_load_package(str(pkg))
         parity: dict[str, float] = {}
         for i, n in enumerate(batches):
-            xs = _inputs(base, meta, n, [333, 517] if hw == "origin" and i else hw, i + 1, dev, opts["channels_last"])
+            xs = _inputs(base, spec, n, [333, 517] if hw == "origin" and i else hw, i + 1, dev, opts["channels_last"])
             with torch.inference_mode():
-                got, ref = _host(meta, compiled(*xs)), _host(meta, module(*xs))
+                got, ref = _host(graph.outputs, compiled(*xs)), _host(graph.outputs, module(*xs))
             merge_worst(parity, output_diffs(base, got, ref))
         return {
             "model_file": MODEL_FILE, "options": opts,

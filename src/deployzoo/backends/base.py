@@ -5,12 +5,44 @@ A backend is one file in this package plus one line in registry._BACKENDS; nothi
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
 from deployzoo.engine import Engine
+
+if TYPE_CHECKING:
+    from deployzoo.request import BuildRequest, Graph
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend declares it can do; build, run and the CLI read this instead of probing the backend.
+
+    - `precisions`: the precisions it builds; `refused`: precision -> why not (said instead of the generic line);
+    - `devices`: device types its engines run on;
+    - `takes_options`: it takes build options (request.BuildOptions: device, tf32, channels-last, ...);
+    - `device_pipeline`: its runners take torch tensors on their device (TensorRunner), so predict can decode,
+      pre- and post-process there;
+    - `uses_recipe`: its low-precision builds follow the request's Recipe (float groups, op types kept fp32).
+    """
+
+    precisions: tuple[str, ...]
+    devices: tuple[str, ...] = ("cpu",)
+    takes_options: bool = False
+    device_pipeline: bool = False
+    uses_recipe: bool = False
+    refused: Mapping[str, str] = field(default_factory=dict)
+
+    def precision_problem(self, backend: str, precision: str) -> str | None:
+        """None if `precision` builds here, else the one line that says why not."""
+        if precision in self.precisions:
+            return None
+        return self.refused.get(precision) or (f"backend {backend}: precision {precision} not supported here "
+                                               f"(choose {', '.join(self.precisions)})")
 
 
 @runtime_checkable
@@ -51,13 +83,11 @@ class TensorRunner(Runner, Protocol):
 
 class Backend(Protocol):
     name: str
-    precisions: tuple[str, ...]
-    needs_onnx: bool
+    capabilities: ClassVar[Capabilities]
 
-    def build(
-        self, onnx_path: Path, out_dir: Path, precision: str, meta: dict[str, Any], calib: Any | None
-    ) -> dict[str, Any]:
-        """Write the runtime's model file(s) into out_dir; return manifest entries (model_file, quantization, ...)."""
+    def build(self, graph: Graph, out_dir: Path, request: BuildRequest) -> dict[str, Any]:
+        """Write the runtime's model file(s) for `request` (its precision, calibration images, options and recipe)
+        from the exported `graph` into out_dir; return manifest entries (model_file, options, quantization, ...)."""
         ...
 
     def load(self, engine: Engine, threads: int | None = None, device: str | None = None) -> Runner: ...

@@ -7,15 +7,18 @@ import logging
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
 
+from deployzoo.backends.base import Capabilities
 from deployzoo.engine import Engine, engine_feeds
 from deployzoo.errors import DeployzooError
 from deployzoo.quant import recipes
-from deployzoo.specs import BatchSpec, InputSpec
+
+if TYPE_CHECKING:
+    from deployzoo.request import BuildRequest, Graph, Recipe
 
 log = logging.getLogger(__name__)
 
@@ -110,24 +113,18 @@ class OrtRunner:
 
 class OrtBackend:
     name = "ort"
-    precisions = ("fp32", "fp16", "int8")
-    needs_onnx = True
+    capabilities = Capabilities(precisions=("fp32", "fp16", "int8"), devices=("cpu", "cuda"), uses_recipe=True)
 
-    def build(self, onnx_path: Path, out_dir: Path, precision: str, meta: dict[str, Any],
-              calib: Any | None) -> dict[str, Any]:
+    def build(self, graph: Graph, out_dir: Path, request: BuildRequest) -> dict[str, Any]:
         dst = out_dir / MODEL_FILE
         info: dict[str, Any] = {"model_file": MODEL_FILE, "providers": providers(None)}
         t0 = time.perf_counter()
-        if precision == "fp32":
-            shutil.copyfile(onnx_path, dst)
-        elif precision == "fp16":
-            info["fp16"] = self._fp16(onnx_path, dst, meta)
-        elif precision == "int8":
-            if calib is None:
-                raise DeployzooError("int8 needs calibration images: pass --calib DIR (separate from the evaluation set)")
-            info["quantization"] = self._int8(onnx_path, dst, meta, calib)
-        else:
-            raise DeployzooError(f"backend ort: precision {precision!r} not supported (fp32, fp16, int8)")
+        if request.precision == "fp32":
+            shutil.copyfile(graph.path, dst)
+        elif request.precision == "fp16":
+            info["fp16"] = self._fp16(graph.path, dst, request.recipe)
+        else:  # int8 (capabilities: BuildRequest.create refused anything else, and int8 without calibration)
+            info["quantization"] = self._int8(graph, dst, request)
         info["build_seconds"] = round(time.perf_counter() - t0, 2)
         return info
 
@@ -136,7 +133,7 @@ class OrtBackend:
 
     # ------------------------------------------------------------------ fp16
     @staticmethod
-    def _fp16(src: Path, dst: Path, meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    def _fp16(src: Path, dst: Path, recipe: Recipe | None = None) -> dict[str, Any]:
         from onnxruntime.transformers.float16 import convert_float_to_float16
 
         model = onnx.load(str(src))
@@ -151,13 +148,13 @@ class OrtBackend:
             return len(new)
 
         info: dict[str, Any] = {"rule": "post-head decode tail kept fp32; inputs/outputs fp32"}
-        # per-model op types kept fp32 (export metadata; empty for models without such ops: build unchanged)
-        keep_ops = list((meta or {}).get("fp16_keep_ops") or ())
+        # per-model op types kept fp32 (the recipe's; empty for models without such ops: build unchanged)
+        keep_ops = list(recipe.fp16_keep_ops if recipe else ())
         if keep_ops:
             info["keep_ops"] = keep_ops
             info["keep_ops_nodes"] = keep_also(recipes.fp16_keep_nodes(model, keep_ops))
             info["rule"] += f"; {', '.join(keep_ops)} (and the attention MatMuls around Softmax) kept fp32"
-        scope = list((meta or {}).get("fp16_scope") or ())
+        scope = list(recipe.fp16_scope if recipe else ())
         if scope:  # only these modules run fp16: box decode, NMS and RoI geometry between them stay fp32
             keep_also(recipes.outside_scope(model, scope))
             info["fp16_scope"] = scope
@@ -168,7 +165,7 @@ class OrtBackend:
 
     # ------------------------------------------------------------------ int8
     @staticmethod
-    def _int8(src: Path, dst: Path, meta: dict[str, Any], calib: Any) -> dict[str, Any]:
+    def _int8(graph: Graph, dst: Path, request: BuildRequest) -> dict[str, Any]:
         from onnxruntime.quantization import (
             CalibrationMethod,
             QuantFormat,
@@ -178,22 +175,20 @@ class OrtBackend:
         from onnxruntime.quantization.shape_inference import quant_pre_process
 
         from deployzoo.quant.calib import CalibReader
-        from deployzoo.registry import get_model, get_task
+        from deployzoo.registry import get_task
 
-        spec = get_model(meta["model"])
-        recipe = spec.int8_recipe.get(meta["variant"], {})
-        groups = meta.get("int8_float_groups")
-        groups = tuple(recipe.get("float_groups", ()) if groups is None else groups)
-        op_types = list(meta.get("int8_op_types") or recipe.get("op_types", ("Conv",)))
+        src, recipe = graph.path, request.recipe
+        calib = request.calibration.images  # read by build() before the backend is called
+        groups = recipe.float_groups
+        op_types = list(recipe.op_types)
         # op types whose outputs stay float (no QuantizeLinear after them; default none): for transformers the
         # MatMuls, so ORT runs them as int8 products with float outputs and LayerNorm / Softmax / GELU read float
-        exclude_out = list(meta.get("int8_exclude_output_ops") or recipe.get("exclude_output_ops", ()))
+        exclude_out = list(recipe.exclude_output_ops)
         extra: dict[str, Any] = {"CalibMovingAverage": False, "ActivationSymmetric": False}
         if exclude_out:
             extra["OpTypesToExcludeOutputQuantization"] = exclude_out
-        task = get_task(meta["task"])
-        batch = BatchSpec.from_dict(meta["batch"]).default()  # a fixed-batch graph is calibrated at its batch
-        reader = CalibReader(calib, task, InputSpec.from_dict(meta["input"]), batch)
+        # a fixed-batch graph is calibrated at its batch
+        reader = CalibReader(calib, get_task(graph.task), graph.input, graph.batch.default())
         # a set with no usable image (or fewer than a fixed batch) is one line naming the calibration directory,
         # here, before the pre-pass and calibration; ORT would end in "No data is collected." after them
         reader.check_usable()
@@ -222,7 +217,7 @@ class OrtBackend:
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             per_channel=True,
-            reduce_range=bool(meta.get("int8_reduce_range", True)),
+            reduce_range=recipe.reduce_range,
             calibrate_method=method,
             op_types_to_quantize=op_types,
             nodes_to_exclude=exclude,

@@ -26,11 +26,12 @@ import torch
 
 from deployzoo.engine import Engine, engine_feeds
 from deployzoo.errors import DeployzooError
+from deployzoo.request import BuildOptions
+from deployzoo.specs import BatchSpec
 
 log = logging.getLogger(__name__)
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-OPTION_KEYS = ("device", "tf32", "channels_last", "cuda_graphs", "opt_batch")
 
 
 def resolve_device(device: str | None, where: str | Path = "--device") -> torch.device:
@@ -52,31 +53,27 @@ def resolve_device(device: str | None, where: str | Path = "--device") -> torch.
     return dev
 
 
-def build_options(opts: dict[str, Any] | None, meta: dict[str, Any], where: str | Path) -> dict[str, Any]:
-    """Defaults filled in and checked; the result goes into the manifest as `options`."""
-    opts = {k: v for k, v in (opts or {}).items() if v is not None}
-    unknown = sorted(set(opts) - set(OPTION_KEYS))
-    if unknown:
-        raise DeployzooError(f"{where}: unknown build option(s) {', '.join(unknown)} (known: {', '.join(OPTION_KEYS)})")
-    dev = resolve_device(opts.get("device"), where)
+def build_options(opts: BuildOptions, batch: BatchSpec, where: str | Path) -> dict[str, Any]:
+    """The request's options with the defaults filled in and checked; the result goes into the manifest as
+    `options`."""
+    dev = resolve_device(opts.device, where)
     cuda = dev.type == "cuda"
     out = {
         "device": str(dev),
-        "tf32": bool(opts.get("tf32", True)) and cuda,
-        "channels_last": bool(opts.get("channels_last", cuda)),
-        "cuda_graphs": bool(opts.get("cuda_graphs", False)),
+        "tf32": (True if opts.tf32 is None else bool(opts.tf32)) and cuda,
+        "channels_last": bool(cuda if opts.channels_last is None else opts.channels_last),
+        "cuda_graphs": bool(opts.cuda_graphs),
     }
     if out["cuda_graphs"] and not cuda:
         raise DeployzooError(f"{where}: --cuda-graphs needs a CUDA device (this build is for {dev})")
-    b = meta["batch"]
-    if b.get("dynamic"):
-        lo, hi = int(b.get("min", 1)), int(b.get("max", 64))
-        opt = int(opts.get("opt_batch") or min(max(lo, 8), hi))
+    if batch.dynamic:
+        lo, hi = batch.min, batch.max if batch.max is not None else 64
+        opt = int(opts.opt_batch or min(max(lo, 8), hi))
         if not lo <= opt <= hi:
             raise DeployzooError(f"{where}: --opt-batch {opt} outside the engine's batch range {lo}..{hi}")
         out["opt_batch"] = opt
-    elif opts.get("opt_batch") not in (None, b["size"]):
-        raise DeployzooError(f"{where}: --opt-batch {opts['opt_batch']} given for a fixed-batch engine (batch {b['size']})")
+    elif opts.opt_batch not in (None, batch.size):
+        raise DeployzooError(f"{where}: --opt-batch {opts.opt_batch} given for a fixed-batch engine (batch {batch.size})")
     return out
 
 

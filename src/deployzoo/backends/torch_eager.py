@@ -10,28 +10,32 @@ on the CPU they work but are slow (no fp16 arithmetic on most CPUs), as the benc
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+from deployzoo.backends.base import Capabilities
 from deployzoo.backends.torch_common import (TensorRunner, autocast_wrap, build_options, check_graphable,
                                              resolve_device)
 from deployzoo.checkpoint import apply_state_dict, load_state_dict
 from deployzoo.engine import Engine
 from deployzoo.errors import DeployzooError
 
+if TYPE_CHECKING:
+    from deployzoo.request import BuildRequest, Graph
+
 WEIGHTS_FILE = "weights.pt"
 
 
-def source_module(meta: dict[str, Any], where: str | Path) -> torch.nn.Module:
+def source_module(graph: Graph) -> torch.nn.Module:
     """The deploy module of an exported graph, rebuilt from its recorded weights (or its random-init seed)."""
     from deployzoo.export import build_deploy_module
     from deployzoo.registry import get_model
 
-    w = meta["weights"]
+    w = graph.weights
     if not w.get("random") and (not w.get("path") or not Path(w["path"]).is_file()):
-        raise DeployzooError(f"{where}: this backend needs the source weights {w.get('path')} (not found)")
-    return build_deploy_module(get_model(meta["model"]), meta["variant"], None if w.get("random") else w["path"],
+        raise DeployzooError(f"{graph.path}: this backend needs the source weights {w.get('path')} (not found)")
+    return build_deploy_module(get_model(graph.model), graph.variant, None if w.get("random") else w["path"],
                                int(w.get("seed") or 0))
 
 
@@ -47,15 +51,17 @@ def load_module(engine: Engine) -> torch.nn.Module:
 
 class TorchBackend:
     name = "torch"
-    takes_options = True
-    precisions = ("fp32", "fp16", "bf16")
-    needs_onnx = True  # the exported graph carries model, variant, weights and input spec
+    capabilities = Capabilities(precisions=("fp32", "fp16", "bf16"), devices=("cpu", "cuda"), takes_options=True,
+                                device_pipeline=True,
+                                refused={"int8": "backend torch: eager PyTorch runs fp32 / fp16 / bf16; int8 is "
+                                                 "built by --backend ort"})
 
-    def build(self, onnx_path: Path, out_dir: Path, precision: str, meta: dict[str, Any],
-              calib: Any | None, options: dict[str, Any] | None = None) -> dict[str, Any]:
-        opts = build_options(options, meta, onnx_path)
-        module = source_module(meta, onnx_path)
-        check_graphable(module, opts, onnx_path)
+    def build(self, graph: Graph, out_dir: Path, request: BuildRequest) -> dict[str, Any]:
+        """The exported graph's deploy module (rebuilt from its recorded weights) as a state_dict; precision and
+        options are applied at load."""
+        opts = build_options(request.options, graph.batch, graph.path)
+        module = source_module(graph)
+        check_graphable(module, opts, graph.path)
         torch.save(module.state_dict(), out_dir / WEIGHTS_FILE)
         return {"model_file": WEIGHTS_FILE, "options": opts}
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -28,6 +27,7 @@ class Task(ABC):
     generic code calls them all unconditionally, never probing for them."""
 
     name: ClassVar[str]
+    suite: ClassVar[str]  # the dataset suite `run` scores this task with (registry.get_suite; suites/)
     formats: ClassVar[tuple[str, ...]] = ()  # prediction file formats besides jsonl
     always_formats: ClassVar[tuple[str, ...]] = ()  # formats predict writes whatever --format says
 
@@ -49,10 +49,6 @@ class Task(ABC):
     @abstractmethod
     def render(self, img: np.ndarray, record: dict[str, Any]) -> np.ndarray:
         """The image with the record drawn on it (--save-img)."""
-
-    @abstractmethod
-    def run_data(self, data: str, work_dir: Path, gt: Path | None = None, demo_images: int = 24) -> Any:
-        """The evaluation suite `run` scores this task's predictions with."""
 
     # ------------------------------------------------------------------ hooks with defaults
     def list_source(self, source: str | Path) -> tuple[Path, list[Any]]:
@@ -101,16 +97,6 @@ class Task(ABC):
     @property
     def runs_own_inference(self) -> bool:
         return type(self).infer is not Task.infer
-
-
-def demo_sets(eval_root: Path, calib_root: Path, marker: str,
-              write: Callable[[Path, bool], Any]) -> tuple[Path, Path]:
-    """A run's generated demo: the evaluation set and a separate calibration set, each written by
-    `write(root, is_calib)` unless an earlier run left it complete (ROOT/`marker` exists)."""
-    for root, is_calib in ((eval_root, False), (calib_root, True)):
-        if not (root / marker).exists():
-            write(root, is_calib)
-    return eval_root, calib_root
 
 
 def task_source(task: Task, source: Any) -> tuple[Path, list[Any]]:

@@ -1,7 +1,7 @@
 """Instance segmentation task (Mask R-CNN on COCO): keep-ratio resize to 800 x 1333 and normalisation in the
 weights' convention, batches of different sizes padded to a multiple of 32, 28 x 28 mask probabilities pasted
 back into the original image, binarised, RLE-encoded one at a time (nothing holds all full-size masks of an image
-or a dataset), class indices mapped to COCO category ids, COCO results json, and the run integration.
+or a dataset), class indices mapped to COCO category ids, COCO results json; `run` scores it with suites/coco.py.
 
 It has no tensor hooks (tasks/base.py): it runs the host pipeline (`--pipeline device` is refused with a
 one-line error)."""
@@ -19,11 +19,11 @@ import cv2
 import numpy as np
 import torch
 
-from deployzoo.data.coco import COCO_CATEGORY_IDS, encode_rle, find_set, size_mismatch, write_demo
+from deployzoo.data.coco import COCO_CATEGORY_IDS, encode_rle, find_set, size_mismatch
 from deployzoo.data.images import ImageError, SourceItem
 from deployzoo.records import PRED_FILE, iter_records
 from deployzoo.specs import InputSpec
-from deployzoo.tasks.base import Prepared, Task, demo_sets
+from deployzoo.tasks.base import Prepared, Task
 
 log = logging.getLogger(__name__)
 RESULTS_FILE = "coco_results.json"
@@ -122,6 +122,7 @@ def image_id_for(item: SourceItem, index: int) -> int:
 
 class InstanceSegmentationTask(Task):
     name = "instance_segmentation"
+    suite = "coco"
     formats: tuple[str, ...] = ("coco",)
     always_formats = ("coco",)
 
@@ -204,8 +205,6 @@ class InstanceSegmentationTask(Task):
                         0.5, (255, 255, 255), 1)
         return out
 
-    def run_data(self, data: str, work_dir: Path, gt: Path | None = None, demo_images: int = 8) -> "CocoRunData":
-        return CocoRunData(data, work_dir, gt, demo_images)
 
 
 class CocoResultsWriter:
@@ -236,82 +235,3 @@ class CocoResultsWriter:
 
         if src.is_file():
             atomic_write_file(self.out_dir / RESULTS_FILE, _write)
-
-
-class CocoRunData:
-    """What `deployzoo run` needs for Mask R-CNN: a COCO-layout set, calibration images, the COCO scoring."""
-
-    pred_formats: tuple[str, ...] = ("coco",)
-    accuracy_headers = ("Batch", "bbox mAP@[.5:.95]", "bbox mAP@.5", "segm mAP@[.5:.95]")  # the seed's table
-    agreement_header = "box agreement vs fp32"
-    agreement_nan = "no fp32 detection with score >= 0.5"
-    plot_name = ""  # the COCO summary is the report
-    calib_hint = "e.g. COCO train2017 images such as ../shared/fixtures/coco128, never from the evaluation set"
-
-    def __init__(self, data: str, work_dir: Path, ann: Path | None = None, demo_images: int = 8) -> None:
-
-        if data == "demo":
-            root, calib = demo_sets(work_dir / f"demo-coco-{demo_images}", work_dir / "demo-coco-calib",
-                                    "annotations", lambda d, is_calib: write_demo(
-                                        d, n_images=4 if is_calib else demo_images, seed=int(is_calib)))
-            self.calib_default: Path | None = calib / "images"
-            self.name = f"demo COCO-layout set ({demo_images} generated images with drawn objects, seed 0)"
-        else:
-            root = Path(data)
-            self.calib_default = None
-            self.name = f"COCO-layout set at {root}"
-        self.set = find_set(root, ann)
-        self.source = root
-        self.name += f", {len(self.set.items)} images, annotations {self.set.ann_path.name}"
-
-    def settings(self, imgsz: Any, post: dict[str, Any]) -> str:
-        return ("Keep-ratio resize (shorter side 800, longer side at most 1333) and padding to 32 in the "
-                f"pre-processing; detections score > {post['conf']}, per-class NMS {post['iou']}, at most "
-                f"{post['max_det']} per image, masks pasted back ({post.get('paste', 'torchvision')}) and binarised "
-                f"at {post['mask_thr']}; pycocotools COCOeval (AP as fractions, as the seed).")
-
-    def evaluate(self, pred_dir: Path, plot_path: Path | None = None, title: str | None = None) -> dict[str, Any]:
-        from deployzoo.files import atomic_write_text
-        from deployzoo.metrics.coco import evaluate
-
-        results = pred_dir / RESULTS_FILE
-        if not results.is_file() or results.stat().st_size <= 3:
-            return {"bbox": None, "segm": None, "note": "no detections"}
-        stats, text = evaluate(results, self.set.coco)
-        atomic_write_text(pred_dir / "coco_eval.txt", text)
-        return stats
-
-    def accuracy_cells(self, res: dict[str, Any], batch: int) -> list[Any]:
-        def frac(t: str, k: str) -> str:  # the seed's format: 0.381
-            return f"{res[t][k]:.3f}" if res.get(t) else "-"
-
-        return [batch, frac("bbox", "AP"), frac("bbox", "AP50"), frac("segm", "AP")]
-
-    def agreement(self, ref_dir: Path, pred_dir: Path) -> float:
-        """Share of the fp32 engine's detections scoring >= 0.5 that the other engine also makes: same image and
-        category, box IoU >= 0.9."""
-        from torchvision.ops import box_iou
-
-        ref, got = _read_detections(ref_dir), _read_detections(pred_dir)
-        n = hit = 0
-        for key, dets in ref.items():
-            other = got.get(key, [])
-            for d in dets:
-                if d["score"] < 0.5:
-                    continue
-                n += 1
-                same = [o["bbox"] for o in other if o["category_id"] == d["category_id"]]
-                if same:
-                    a = torch.tensor([_xyxy(d["bbox"])])
-                    b = torch.tensor([_xyxy(s) for s in same])
-                    hit += int(box_iou(a, b).max() >= 0.9)
-        return hit / n if n else float("nan")
-
-
-def _xyxy(b: list[float]) -> list[float]:
-    return [b[0], b[1], b[0] + b[2], b[1] + b[3]]
-
-
-def _read_detections(pred_dir: Path) -> dict[str, list[dict[str, Any]]]:
-
-    return {rec["image"]: rec.get("detections", []) for rec in iter_records(pred_dir)}

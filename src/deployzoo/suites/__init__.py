@@ -1,0 +1,1 @@
+"""Evaluation suites, one per dataset: what `deployzoo run` scores a task's predictions with (suites.base.Suite)."""

@@ -1,0 +1,60 @@
+"""ImageNet-style labelled sets (classification): top-1 / top-5 accuracy (metrics.classification)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from deployzoo.data.imagenet import find_set
+from deployzoo.demo.imagenet import write_demo
+from deployzoo.suites.base import Suite, demo_sets
+
+
+class ImageNetSuite(Suite):
+    """What `deployzoo run` needs for classification: the labelled set, calibration images, the scoring."""
+
+    pred_formats: tuple[str, ...] = ()
+    accuracy_headers = ("Batch", "TOP1", "TOP5")  # the seed's table
+    agreement_header = "top-1 agreement vs fp32"
+    agreement_nan = "no fp32 prediction"
+    plot_name = ""  # no curve to plot
+    calib_hint = "e.g. images from ImageNet train, never from the evaluation set"
+
+    def __init__(self, data: str, work_dir: Path, gt: Path | None = None, demo_images: int | None = None) -> None:
+        demo_images, labels = demo_images or self.demo_images, gt
+        if data == "demo":
+            root, calib = demo_sets(work_dir / f"demo-imagenet-{demo_images}", work_dir / "demo-imagenet-calib",
+                                    "val.txt", lambda d, is_calib: write_demo(
+                                        d, n_images=16 if is_calib else demo_images, seed=int(is_calib)))
+            self.calib_default: Path | None = calib / "images"
+            self.name = f"demo labelled set ({demo_images} generated images, random labels, seed 0)"
+        else:
+            root = Path(data)
+            self.calib_default = None
+            self.name = f"labelled images at {root}"
+        self.set = find_set(root, labels)
+        self.source = self.set.images_dir
+
+    def settings(self, imgsz: Any, post: dict[str, Any]) -> str:
+        return "Top-1 / top-5 accuracy (fractions) of the softmax over the engine's logits, images matched to labels by name."
+
+    def evaluate(self, pred_dir: Path, plot_path: Path | None = None, title: str | None = None) -> dict[str, Any]:
+        from deployzoo.metrics.classification import evaluate, read_predictions, write_seed_files
+
+        res = evaluate(read_predictions(pred_dir), self.set.labels, allow_missing=True,
+                       pred_path=str(pred_dir), labels_path=self.set.source)
+        write_seed_files(res, pred_dir)
+        return res.to_json()
+
+    def accuracy_cells(self, res: dict[str, Any], batch: int) -> list[Any]:
+        return [batch, f"{res['top1']:.4f}", f"{res['top5']:.4f}"]
+
+    def agreement(self, ref_dir: Path, pred_dir: Path) -> float:
+        from deployzoo.metrics.classification import read_predictions
+
+        ref, got = read_predictions(ref_dir), read_predictions(pred_dir)
+        common = [k for k in ref if k in got]
+        if not common:
+            return float("nan")
+        return sum(ref[k][:1] == got[k][:1] for k in common) / len(common)
+

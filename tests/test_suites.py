@@ -1,0 +1,50 @@
+"""Suites: one per dataset under deployzoo.suites, declared by the Suite base, named by every task."""
+
+from __future__ import annotations
+
+import pytest
+
+from deployzoo.registry import get_model, get_suite, get_task, model_names, suite_names
+from deployzoo.suites.base import Suite
+
+
+def test_every_task_names_a_registered_suite():
+    for m in model_names():
+        task = get_task(get_model(m).task)
+        assert task.suite in suite_names(), (m, task.suite)
+
+
+def test_suite_base_requires_the_scoring():
+    class Half(Suite):
+        accuracy_headers, agreement_header, agreement_nan, calib_hint = ("A",), "x", "y", "z"
+
+        def __init__(self, data, work_dir, gt=None, demo_images=None):
+            pass
+
+    with pytest.raises(TypeError, match="abstract"):
+        Half("demo", None)
+
+
+@pytest.mark.parametrize("name", suite_names())
+def test_each_suite_writes_its_demo_once_and_declares_its_report(name, tmp_path):
+    cls = get_suite(name)
+    assert issubclass(cls, Suite)
+    for attr in ("accuracy_headers", "agreement_header", "agreement_nan", "calib_hint"):
+        assert getattr(cls, attr), attr
+    s = cls("demo", tmp_path, None, 4)
+    assert s.source.exists() and s.calib_default is not None and s.calib_default.exists()
+    assert s.calib_default.resolve() not in s.source.resolve().parents  # calibration outside the evaluation set
+    assert "demo" in s.name
+    stamp = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
+    again = cls("demo", tmp_path, None, 4)  # an earlier run's demo is reused, not rewritten
+    assert again.source == s.source
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()} == stamp
+    post = {"conf": 0.5, "iou": 0.4, "top_k": 10, "max_det": 5, "mask_thr": 0.5}
+    assert isinstance(s.settings("origin" if name == "widerface" else [224, 224], post), str)
+
+
+def test_unknown_suite_is_one_line():
+    from deployzoo.errors import DeployzooError
+
+    with pytest.raises(DeployzooError, match="unknown suite 'kitti'"):
+        get_suite("kitti")
