@@ -18,6 +18,7 @@ from deployzoo.checkpoint import file_sha256
 from deployzoo.engine import RANDOM_WEIGHTS_WARNING, now_iso, versions
 from deployzoo.files import atomic_write_file, check_output_file
 from deployzoo.errors import DeployzooError
+from deployzoo.models.base import DeployModule
 from deployzoo.registry import ModelSpec, get_model
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ def weights_info(weights: str | Path | None, seed: int) -> dict[str, Any]:
     return {"path": str(p.resolve()), "sha256": file_sha256(p), "random": False, "seed": None}
 
 
-def build_deploy_module(spec: ModelSpec, variant: str, weights: str | Path | None, seed: int = 0) -> torch.nn.Module:
+def build_deploy_module(spec: ModelSpec, variant: str, weights: str | Path | None, seed: int = 0) -> DeployModule:
     if weights is None:
         log.warning("%s %s: no --weights given, using random init (%s)", spec.name, variant, RANDOM_WEIGHTS_WARNING)
         torch.manual_seed(seed)
@@ -120,12 +121,12 @@ def export_onnx(
     x = probe_input(imgsz, batch or (2 if exporter == "dynamo" else 1), seed, spec_in)
     inputs = graph_inputs(module, x)
     out = Path(out)
-    in_names = list(getattr(module, "input_names", ("images",)))
+    in_names = list(module.input_names)
     in_name = in_names[0]
     dyn_axes: dict[str, dict[int, str]] = {n: ({0: "batch"} if batch is None else {}) for n in in_names}
     if imgsz == "origin":
         dyn_axes[in_name].update({2: "height", 3: "width"})
-    out_axes = getattr(module, "output_axes", None)  # graphs whose outputs are not per-image (flat detections)
+    out_axes = module.output_axes  # graphs whose outputs are not per-image (flat detections)
     for name in spec.output_names:
         if out_axes is not None:
             dyn_axes[name] = dict(out_axes.get(name, {}))
@@ -199,17 +200,16 @@ def simplify_activations(model: onnx.ModelProto) -> dict[str, int]:
     return {"leakyrelu0_to_relu": n}
 
 
-def graph_inputs(module: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Every graph input for an image batch `x`: the module's `example_inputs` hook (e.g. per-image sizes inside
-    the padding) or `x` alone."""
-    return tuple(module.example_inputs(x)) if hasattr(module, "example_inputs") else (x,)
+def graph_inputs(module: DeployModule, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Every graph input for an image batch `x` (DeployModule.example_inputs)."""
+    return tuple(module.example_inputs(x))
 
 
-def ort_vs_torch(onnx_path: str | Path, module: torch.nn.Module, imgsz: Any, batch: int | None,
+def ort_vs_torch(onnx_path: str | Path, module: DeployModule, imgsz: Any, batch: int | None,
                  norm: dict[str, Any] | None = None) -> dict[str, float]:
     """Max abs difference per output, ONNX Runtime (CPU) vs eager PyTorch, on random inputs (two sizes when
-    the input size is dynamic, two batch sizes when the batch is). A module with a `parity(got, ref)` hook
-    (outputs whose length depends on the data, e.g. detections) measures its own differences."""
+    the input size is dynamic, two batch sizes when the batch is), as the module's `parity` measures them (its
+    own pairing for outputs whose length depends on the data, e.g. detections)."""
     import onnxruntime as ort
 
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
@@ -229,28 +229,15 @@ def ort_vs_torch(onnx_path: str | Path, module: torch.nn.Module, imgsz: Any, bat
     return diffs
 
 
-def output_diffs(module: torch.nn.Module, got: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> dict[str, float]:
-    """Differences of one probe's outputs: the module's own `parity(got, ref)` hook where it has one, else the max
-    abs difference per output."""
-    if hasattr(module, "parity"):
-        return module.parity(got, ref)
-    return {k: max_abs_diff(got[k], ref[k]) for k in got}
+def output_diffs(module: DeployModule, got: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> dict[str, float]:
+    """Differences of one probe's outputs (DeployModule.parity: max abs difference per output by default)."""
+    return module.parity(got, ref)
 
 
 def merge_worst(acc: dict[str, float], d: dict[str, float]) -> None:
     """Keep the worst value per key over probes: the largest, or the smallest for `min_` keys (e.g. mask IoU)."""
     for k, v in d.items():
         acc[k] = max(acc.get(k, v), v) if not k.startswith("min_") else min(acc.get(k, v), v)
-
-
-def max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
-    """Largest |a - b| over the finite entries; inf where only one side overflowed or the shapes differ."""
-    if a.shape != b.shape:
-        return float("inf")
-    fa, fb = np.isfinite(a), np.isfinite(b)
-    if not np.array_equal(fa, fb):
-        return float("inf")
-    return float(np.abs(a[fa].astype(np.float64) - b[fb]).max()) if fa.any() else 0.0
 
 
 def is_deployzoo_onnx(path: str | Path) -> bool:

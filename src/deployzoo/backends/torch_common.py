@@ -26,6 +26,7 @@ import torch
 
 from deployzoo.engine import Engine, engine_feeds
 from deployzoo.errors import DeployzooError
+from deployzoo.models.base import DeployModule
 from deployzoo.request import BuildOptions
 from deployzoo.specs import BatchSpec
 
@@ -77,10 +78,10 @@ def build_options(opts: BuildOptions, batch: BatchSpec, where: str | Path) -> di
     return out
 
 
-def check_graphable(module: torch.nn.Module, opts: dict[str, Any], where: str | Path) -> None:
+def check_graphable(module: DeployModule, opts: dict[str, Any], where: str | Path) -> None:
     """CUDA graphs replay fixed shapes: graphs with flat, data-dependent outputs (`output_axes`, e.g. Mask R-CNN's
     detections after NMS) cannot be captured."""
-    if opts.get("cuda_graphs") and hasattr(module, "output_axes"):
+    if opts.get("cuda_graphs") and module.output_axes is not None:
         raise DeployzooError(f"{where}: --cuda-graphs: this graph's output sizes depend on the data (detections "
                              "after NMS), so it cannot be captured as a CUDA graph")
 
@@ -197,7 +198,7 @@ class TensorRunner:
         return peak_device_memory(self.torch_device)
 
 
-def autocast_wrap(module: torch.nn.Module, precision: str, device_type: str) -> torch.nn.Module:
+def autocast_wrap(module: DeployModule, precision: str, device_type: str) -> torch.nn.Module:
     """fp16 / bf16 as autocast around the whole deploy module: convolutions and matmuls run in the low precision,
     while the decode tails the deploy wrappers write in float32 (`.float()` after the heads) stay float32."""
     if precision == "fp32":
@@ -211,9 +212,7 @@ class _Autocast(torch.nn.Module):
         self.inner = inner
         self.dtype = dtype
         self.device_type = device_type
-        for attr in ("input_names", "output_axes"):
-            if hasattr(inner, attr):
-                setattr(self, attr, getattr(inner, attr))
+        self.input_names, self.output_axes = inner.input_names, inner.output_axes
 
     def forward(self, *xs: torch.Tensor) -> Any:
         with torch.autocast(self.device_type, dtype=self.dtype):

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from deployzoo.checkpoint import apply_state_dict, load_state_dict
+from deployzoo.models.base import DeployModule, ModelSpec, register_model
 
 # blocks per stage, as `iresnet18` ... `iresnet200` of the official file
 LAYERS: dict[str, tuple[int, int, int, int]] = {
@@ -103,7 +104,7 @@ class IResNet(nn.Module):
         return self.features(self.fc(self.dropout(x)))
 
 
-class IResNetDeploy(nn.Module):
+class IResNetDeploy(DeployModule):
     """Export wrapper: the embedding, always fp32 (an fp16 engine casts back at the output)."""
 
     output_names = ("embedding",)
@@ -136,3 +137,35 @@ def _variant_hint(sd: dict[str, torch.Tensor], variant: str) -> str:
     if "fc.weight" not in sd and any(k.startswith("layer1.") for k in sd):
         return "no fc/features layers: pass the backbone.pth of arcface_torch, not a partial-fc or head file"
     return ""
+
+
+@register_model("arcface", aliases=("iresnet",), order=20)
+def model_spec() -> ModelSpec:
+    """The registry entry (models/base.py)."""
+    from deployzoo.tasks.face_recognition import DEFAULT_POST
+
+    size = [INPUT_SIZE, INPUT_SIZE]
+    return ModelSpec(
+        name="arcface",
+        task="face_recognition",
+        variants=tuple(LAYERS),
+        default_variant="r100",
+        default_imgsz={v: size for v in LAYERS},
+        seed_imgsz={"r100": size},
+        # exif_orientation: insightface's IJB-C evaluation (recognition/arcface_torch/eval_ijbc.py) reads each
+        # loose crop with cv2.imread(path) (IMREAD_COLOR: EXIF Orientation applied); the verification .bin sets go
+        # through mx.image.imdecode = cv::imdecode(buf, IMREAD_COLOR), which applies it too in OpenCV 5.1 (their
+        # aligned JPEG crops carry no Exif segment: small_lfw.bin checked)
+        input={"layout": "NCHW", "color": "RGB", "mean": [127.5] * 3, "std": [127.5] * 3, "fixed_size": True,
+               "exif_orientation": True},
+        post=dict(DEFAULT_POST),
+        weights=dict(OFFICIAL_WEIGHTS),
+        build=build_model,
+        deploy=IResNetDeploy,
+        output_names=IResNetDeploy.output_names,
+        # measured on this machine (docs/benchmarks/cpu.md): every conv and the fc in int8 (keeping the first conv
+        # float was slower and no closer to fp32; quantizing the residual Adds cost agreement, no speed).
+        int8_recipe={v: {"float_groups": (), "op_types": ("Conv", "Gemm")} for v in LAYERS},
+        bench_batches=(1, 8, 64),
+        predict_batch=64,  # the seed's accuracy table is at batch 64
+    )

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from deployzoo.checkpoint import apply_state_dict, load_state_dict
 from deployzoo.data.coco import COCO_CATEGORY_IDS
 from deployzoo.errors import DeployzooError
+from deployzoo.models.base import DeployModule, ModelSpec, register_model
 
 VARIANTS = ("mmdet_1x", "tv_v1", "tv_v2")
 TV_CATEGORY_IDS = tuple(range(91))  # torchvision's class index is the COCO category id (0 = background)
@@ -191,7 +192,7 @@ def rank_in_group(group: Tensor, n_groups: Tensor | int) -> Tensor:
 
 
 # --------------------------------------------------------------------------------------------- deploy graph
-class MaskRCNNDeploy(nn.Module):
+class MaskRCNNDeploy(DeployModule):
     """images (N x 3 x H x W, normalised, padded to a multiple of 32) + image_sizes (N x 2 int64, each image's
     resized h, w inside the padding) -> flat detections of the batch, every image's in decreasing score:
     boxes D x 4 (x1 y1 x2 y2 in the resized frame), scores D, labels D (class index), batch_index D, masks
@@ -368,3 +369,37 @@ def detection_parity(got: dict[str, Any], ref: dict[str, Any], mask_thr: float =
         union = (mg | mr_).sum()
         out["min_mask_iou"] = min(out["min_mask_iou"], float((mg & mr_).sum() / union) if union else 1.0)
     return out
+
+
+@register_model("maskrcnn", aliases=("mask_rcnn", "mask-rcnn"), order=50)
+def model_spec() -> ModelSpec:
+    """The registry entry (models/base.py)."""
+
+    return ModelSpec(
+        name="maskrcnn",
+        task="instance_segmentation",
+        variants=VARIANTS,
+        default_variant="mmdet_1x",  # the seed's model
+        default_imgsz={v: "origin" for v in VARIANTS},  # keep-ratio resize to 800 x 1333 in pre-processing
+        seed_imgsz={v: [800, 1344] for v in VARIANTS},
+        input=dict(INPUT),
+        # exif_orientation per variant, the official reader's: torchvision's references read with PIL
+        # (CocoDetection: Image.open(path).convert("RGB")), the stored pixels; mmdetection's LoadImageFromFile
+        # reads mmcv.imfrombytes(bytes, flag='color') = cv2.imdecode(buf, cv2.IMREAD_COLOR), which turns the
+        # image by its EXIF Orientation (mmcv's 'color_ignore_orientation' flag is the one that does not)
+        variant_input={v: {"resize_impl": c["resize_impl"],
+                           "exif_orientation": {"tv_v1": False, "tv_v2": False, "mmdet_1x": True}[v]}
+                       for v, c in CONFIGS.items()},
+        post=dict(TEST_CFG),
+        variant_post={v: {"paste": c["paste"], "category_ids": category_ids(v)} for v, c in CONFIGS.items()},
+        weights=dict(OFFICIAL_WEIGHTS),
+        build=build_model,
+        deploy=MaskRCNNDeploy,
+        output_names=MaskRCNNDeploy.output_names,
+        # backbone + FPN in int8, RPN / box / mask heads float (the issue's recipe: heads carry the geometry)
+        int8_recipe={v: {"float_groups": ("outside:/backbone/",), "op_types": ("Conv",)} for v in VARIANTS},
+        bench_batches=(1, 4),
+        bench_imgsz=[800, 1344],  # an 800 x 1333 image padded to 32, the seed's benchmark size
+        max_batch=8,
+        fp16_scope=NETWORK_SCOPES,
+    )

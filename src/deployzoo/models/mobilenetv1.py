@@ -16,6 +16,7 @@ from torch import nn
 from deployzoo.checkpoint import apply_state_dict, load_state_dict
 from deployzoo.errors import DeployzooError
 from deployzoo.models.retinaface import MobileNetV1
+from deployzoo.models.base import DeployModule, ModelSpec, register_model
 
 VARIANTS = ("x0.25",)
 NUM_CLASSES = 1000
@@ -28,7 +29,7 @@ INPUT = {"layout": "NCHW", "color": "RGB", "mean": [0.485 * 255, 0.456 * 255, 0.
          "exif_orientation": False}
 
 
-class ClassifierDeploy(nn.Module):
+class ClassifierDeploy(DeployModule):
     """Export wrapper of an ImageNet classifier: fp32 logits (softmax and top-k run on the host)."""
 
     output_names = ("logits",)
@@ -57,3 +58,27 @@ def build_model(variant: str, weights: str | Path | None = None) -> MobileNetV1:
             k.startswith("body.") for k in sd) else ""
         apply_state_dict(model, sd, weights, hint=hint)
     return model.eval()
+
+
+@register_model("mobilenetv1", order=30)
+def model_spec() -> ModelSpec:
+    """The registry entry (models/base.py)."""
+    from deployzoo.tasks.classification import DEFAULT_POST
+
+    return ModelSpec(
+        name="mobilenetv1",
+        task="classification",
+        variants=VARIANTS,
+        default_variant="x0.25",
+        default_imgsz={"x0.25": [224, 224]},
+        input=dict(INPUT),  # exif_orientation False: PIL's reader (models/mobilenetv1.py)
+        post=dict(DEFAULT_POST),
+        weights=dict(OFFICIAL_WEIGHTS),
+        build=build_model,
+        deploy=ClassifierDeploy,
+        output_names=ClassifierDeploy.output_names,
+        # measured on val_227 (docs/benchmarks/cpu.md): int8 depthwise convs cost ~11 top-1 points on this tiny
+        # network, so they stay float with the first conv and the fc; the pointwise convs run int8.
+        int8_recipe={"x0.25": {"float_groups": ("first_conv", "depthwise", "heads"), "op_types": ("Conv",)}},
+        bench_batches=(1, 32),
+    )

@@ -21,6 +21,7 @@ from torchvision.models._utils import IntermediateLayerGetter
 
 from deployzoo.checkpoint import apply_state_dict, load_state_dict
 from deployzoo.errors import DeployzooError
+from deployzoo.models.base import DeployModule, ModelSpec, register_model
 
 
 @dataclass(frozen=True)
@@ -182,7 +183,7 @@ class RetinaFace(nn.Module):
         return loc, F.softmax(conf, dim=-1), ldm
 
 
-class RetinaFaceDeploy(nn.Module):
+class RetinaFaceDeploy(DeployModule):
     """RetinaFace plus in-graph priors and variance decode.
 
     Input: N x 3 x H x W float, BGR minus (104, 117, 123). Outputs, in input pixels:
@@ -286,4 +287,36 @@ def official_decode(loc: np.ndarray, priors: np.ndarray, variances=(0.1, 0.2)) -
 def official_decode_landm(pre: np.ndarray, priors: np.ndarray, variances=(0.1, 0.2)) -> np.ndarray:
     return np.concatenate(
         [priors[:, :2] + pre[:, 2 * i: 2 * i + 2] * variances[0] * priors[:, 2:] for i in range(5)], 1
+    )
+
+
+@register_model("retinaface", order=10)
+def model_spec() -> ModelSpec:
+    """The registry entry (models/base.py)."""
+    from deployzoo.tasks.face_detection import DEFAULT_POST
+
+    return ModelSpec(
+        name="retinaface",
+        task="face_detection",
+        variants=tuple(CONFIGS),
+        default_variant="mobilenet0.25",
+        default_imgsz={"mobilenet0.25": "origin", "resnet50": "origin"},
+        seed_imgsz={"mobilenet0.25": [1000, 1000], "resnet50": [672, 1024]},
+        # exif_orientation: the official test script (Pytorch_Retinaface test_widerface.py) reads with
+        # cv2.imread(path, cv2.IMREAD_COLOR), which turns the image by its EXIF Orientation tag
+        input={"layout": "NCHW", "color": "BGR", "mean": [104.0, 117.0, 123.0], "std": [1.0, 1.0, 1.0],
+               "exif_orientation": True},
+        post=dict(DEFAULT_POST),
+        weights=dict(OFFICIAL_WEIGHTS),
+        build=build_model,
+        deploy=RetinaFaceDeploy,
+        output_names=RetinaFaceDeploy.output_names,
+        # chosen by measurement on this 2-core AVX2 machine (docs/benchmarks/cpu.md): mnet keeps its whole
+        # MobileNet backbone (27 convs: memory-bound depthwise/pointwise pairs where int8 only adds quantize and
+        # layout passes) and the heads float, and runs FPN + SSH in int8; R50 quantizes every conv but the heads,
+        # with Conv+Relu fused.
+        int8_recipe={
+            "mobilenet0.25": {"float_groups": ("early:27", "heads"), "op_types": ("Conv",)},
+            "resnet50": {"float_groups": ("heads",), "op_types": ("Conv", "Relu")},
+        },
     )

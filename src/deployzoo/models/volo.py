@@ -31,6 +31,7 @@ from torch import nn
 
 from deployzoo.checkpoint import apply_state_dict, load_state_dict
 from deployzoo.errors import DeployzooError
+from deployzoo.models.base import DeployModule, ModelSpec, register_model
 
 VARIANTS = ("d2_224", "d1_224")
 TIMM_NAMES = {"d2_224": "volo_d2_224", "d1_224": "volo_d1_224"}
@@ -298,7 +299,7 @@ def swap_fold(net: nn.Module, fold: str) -> int:
     return n
 
 
-class VoloDeploy(nn.Module):
+class VoloDeploy(DeployModule):
     """Export wrapper: N x 1000 fp32 logits, timm's eval output (class head + 0.5 * max over the aux tokens).
 
     `fold`: "native" keeps timm's F.fold (ONNX Col2Im, dynamo exporter only); "convtranspose" (default) /
@@ -340,3 +341,32 @@ def _contiguous_inputs(net: nn.Module) -> int:
             m.register_forward_pre_hook(_as_contiguous)
             m._deployzoo_contiguous = True
     return len(targets)
+
+
+@register_model("volo_d2", aliases=("volo", "volo-d2"), order=40)
+def model_spec() -> ModelSpec:
+    """The registry entry (models/base.py)."""
+    from deployzoo.tasks.classification import DEFAULT_POST
+
+    return ModelSpec(
+        name="volo_d2",
+        task="classification",
+        variants=VARIANTS,
+        default_variant="d2_224",
+        default_imgsz={v: default_imgsz(v) for v in VARIANTS},
+        seed_imgsz={"d2_224": [224, 224]},
+        # the weights' own eval transform (timm pretrained_cfg); exif_orientation False: timm's PIL reader
+        input=spec_input("d2_224"),
+        post=dict(DEFAULT_POST),
+        weights=dict(OFFICIAL_WEIGHTS),
+        build=build_model,
+        deploy=VoloDeploy,
+        output_names=VoloDeploy.output_names,
+        int8_recipe={v: {"float_groups": (), "op_types": INT8_OP_TYPES,
+                         "exclude_output_ops": INT8_EXCLUDE_OUTPUT_OPS} for v in VARIANTS},
+        bench_batches=(1, 8),
+        exporter=EXPORTER,
+        opset=OPSET,
+        max_batch=MAX_BATCH,
+        fp16_keep_ops=FP16_KEEP_OPS,
+    )
