@@ -291,12 +291,14 @@ class MaskRCNNDeploy(DeployModule):
             lvl = (torch.floor(4 + torch.log2(torch.sqrt(area) / 224.0 + 1e-6)) - 2).clamp(0, 3)
         lvl = lvl.to(torch.int64)
         rois = torch.cat([img.to(boxes.dtype).unsqueeze(1), boxes], 1)
-        out = boxes.new_zeros((boxes.shape[0], feats[0].shape[1], size, size))
+        # in the features' dtype: under CPU autocast roi_align returns fp16 / bf16 from fp32 boxes (index_put
+        # refuses mixed dtypes), under CUDA autocast fp32 from fp16 features
+        out = feats[0].new_zeros((boxes.shape[0], feats[0].shape[1], size, size))
         for i, f in enumerate(feats):
             idx = torch.where(lvl == i)[0]
             pooled = roi_align(f, rois[idx], (size, size), spatial_scale=1.0 / STRIDES[i],
                                sampling_ratio=self.cfg["roi_sampling"], aligned=self.cfg["roi_aligned"])
-            out = out.index_put((idx,), pooled)
+            out = out.index_put((idx,), pooled.to(out.dtype))
         return out
 
     def _detections(self, feats: list[Tensor], props: Tensor, prop_img: Tensor,
