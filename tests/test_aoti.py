@@ -88,7 +88,7 @@ def test_refusals(mnet_random_onnx, mnet_aoti, tmp_path):
         build_engine(mnet_random_onnx, tmp_path / "i8", backend="aoti", precision="int8", calib=tmp_path)
     with pytest.raises(DeployzooError, match="--cuda-graphs needs a CUDA device"):
         build_engine(mnet_random_onnx, tmp_path / "g", backend="aoti", options={"device": "cpu", "cuda_graphs": True})
-    with pytest.raises(DeployzooError, match="apply only to the backends that take them"):
+    with pytest.raises(DeployzooError, match="channels_last applies only to the backends that take it \\(torch, aoti\\)"):
         build_engine(mnet_random_onnx, tmp_path / "o", backend="ort", options={"channels_last": True})
     with pytest.raises(DeployzooError, match="--opt-batch 99 outside the engine's batch range 1..64"):
         build_engine(mnet_random_onnx, tmp_path / "b", backend="aoti", options={"device": "cpu", "opt_batch": 99})

@@ -132,6 +132,22 @@ def test_real_mobilenetv1_int8_within_budget(mb_onnx, tmp_path):
     assert r.top1 >= EAGER_TOP1 - 0.025
 
 
+@need_fixture(PRETRAIN)
+@need_fixture(VAL)
+@need_fixture(FIXTURES / "coco128")
+@pytest.mark.slow
+def test_real_mobilenetv1_on_openvino_fp32_and_nncf_int8(mb_onnx, tmp_path):
+    pytest.importorskip("openvino")
+    # fp32 forced f32: the same top-1 as ORT / eager; NNCF int8 calibrated on COCO128 photos (disjoint from the
+    # evaluation images), budget 2.5 points (measured: fp32 60.92, int8 59.38 with 128 minmax-picked images)
+    r = _top1(build_engine(mb_onnx, tmp_path / "ov32", backend="openvino", precision="fp32"), tmp_path / "a")
+    assert r.n == 1300 and abs(r.top1 - EAGER_TOP1) <= 0.01
+    calib = make_calib_set(FIXTURES / "coco128" / "images", 128, "minmax")
+    r8 = _top1(build_engine(mb_onnx, tmp_path / "ov8", backend="openvino", precision="int8", calib=calib),
+               tmp_path / "b")
+    assert r8.top1 >= EAGER_TOP1 - 0.025
+
+
 @pytest.mark.slow
 def test_run_demo_volo(tmp_path):
     """VOLO through the registry: dynamo export with a dynamic batch, int8 with float MatMul outputs, run report."""

@@ -68,8 +68,10 @@ MAX_REL_ERROR = {"fp32": 1e-4, "fp16": 5e-3, "bf16": 3e-2, "int8": 0.2}
 CELLS = [(m, b, p) for m in registry.model_names() for b in registry.backend_names() for p in registry.PRECISIONS]
 # what a 2-core CI cannot afford, each with the reason (the rest of the matrix runs)
 HEAVY = {
-    ("maskrcnn", "aoti"): "AOTInductor compiles Mask R-CNN only at a fixed batch (tests/test_maskrcnn.py checks the "
-                          "refusal) and its CPU compile takes minutes",
+    ("maskrcnn", "aoti", None): "AOTInductor compiles Mask R-CNN only at a fixed batch (tests/test_maskrcnn.py checks "
+                                "the refusal) and its CPU compile takes minutes",
+    ("maskrcnn", "openvino", "fp16"): "OpenVINO 2026.4 f16 inference of Mask R-CNN took 320 s for this cell on the "
+                                      "2-core CI machine (bf16: 5 s); the other openvino Mask R-CNN cells run",
 }
 
 
@@ -144,13 +146,16 @@ def cases(small_registry, tmp_path_factory):
 @pytest.mark.parametrize("model,backend,precision", CELLS, ids=[f"{m}-{b}-{p}" for m, b, p in CELLS])
 def test_model_backend_precision(model, backend, precision, cases, tmp_path):
     caps = registry.backend_capabilities(backend)
+    if caps.missing():  # e.g. the GPU machine's stack has no openvino
+        pytest.skip(f"backend {backend} needs {', '.join(caps.missing())}")
     if precision not in caps.precisions:
         with pytest.raises(DeployzooError) as exc:
             BuildRequest.create(model, backend=backend, precision=precision)
         assert str(exc.value) == caps.precision_problem(backend, precision) and "\n" not in str(exc.value)
         return
-    if (model, backend) in HEAVY:
-        pytest.skip(HEAVY[model, backend])
+    heavy = HEAVY.get((model, backend, None)) or HEAVY.get((model, backend, precision))
+    if heavy:
+        pytest.skip(heavy)
     case = cases(model)
     request = BuildRequest.for_graph(case.graph, backend=backend, precision=precision,
                                      calibration=case.calib if precision == "int8" else None)
@@ -161,6 +166,8 @@ def test_model_backend_precision(model, backend, precision, cases, tmp_path):
         if engine.model_file.endswith(".onnx"):
             ops = {n.op_type for n in onnx.load(str(engine.dir / engine.model_file)).graph.node}
             assert "QuantizeLinear" in ops or "QLinearConv" in ops, f"{model} {backend} int8: no quantized op"
+        elif engine.model_file.endswith(".xml"):  # OpenVINO IR
+            assert 'type="FakeQuantize"' in (engine.dir / engine.model_file).read_text(), f"{model} {backend} int8"
 
     summary = case.predict(engine.dir, tmp_path / "pred")
     assert summary.images >= 1 and summary.written == summary.images, f"{model} {backend} {precision}: {summary}"

@@ -31,13 +31,27 @@ def test_create_normalises_names_and_size():
     ({"precision": "int4"}, "unknown precision"),
     ({"backend": "tensorrt"}, "unknown backend"),
     ({"precision": "int8"}, "needs calibration images"),
-    ({"backend": "ort", "options": {"tf32": False}}, "apply only to the backends that take them"),
+    ({"backend": "ort", "options": {"tf32": False}}, "tf32 applies only to the backends that take it"),
+    ({"backend": "ort", "options": {"tf32": False, "cpu_streams": 2}}, "cpu_streams, tf32 apply only to the backends that take them (torch, aoti, openvino)"),
     ({"backend": "torch", "options": {"warp_speed": 1}}, "unknown build option"),
 ])
 def test_create_refuses_bad_requests_in_one_line(kw, words):
     with pytest.raises(DeployzooError) as ei:
         BuildRequest.create("retinaface", **kw)
     assert words in str(ei.value) and "\n" not in str(ei.value)
+
+
+def test_a_backend_whose_packages_are_missing_is_one_line(monkeypatch):
+    from deployzoo import registry
+    from deployzoo.backends.base import Capabilities
+
+    class NeedsPkg:
+        capabilities = Capabilities(precisions=("fp32",), requires=("no_such_package_dz", "onnx"))
+
+    monkeypatch.setattr(registry, "get_backend", lambda name: NeedsPkg())
+    with pytest.raises(DeployzooError, match=r"^backend needs_pkg needs no_such_package_dz \(pip install "
+                                             r"no_such_package_dz\)$"):
+        BuildRequest.create("retinaface", backend="needs_pkg")
 
 
 @pytest.mark.parametrize("backend", backend_names())
@@ -51,9 +65,17 @@ def test_every_backend_declares_capabilities_that_create_enforces(backend):
         else:
             with pytest.raises(DeployzooError, match=p):
                 BuildRequest.create("mobilenetv1", backend=backend, precision=p, **kw)
-    if caps.takes_options:
-        r = BuildRequest.create("mobilenetv1", backend=backend, options={"channels_last": True, "tf32": None})
-        assert r.options == BuildOptions(channels_last=True) and r.options.set() == {"channels_last": True}
+    sample = {"device": "cpu", "tf32": True, "channels_last": True, "cuda_graphs": False, "opt_batch": 4,
+              "perf_hint": "throughput", "cpu_streams": 2}
+    assert set(caps.options) <= set(sample) == {f.name for f in dataclasses.fields(BuildOptions)}
+    for opt, value in sample.items():
+        if opt in caps.options:  # taken, None values dropped
+            r = BuildRequest.create("mobilenetv1", backend=backend, options={opt: value, "tf32": None} if opt != "tf32"
+                                    else {opt: value})
+            assert r.options == BuildOptions(**{opt: value}) and r.options.set() == {opt: value}
+        else:
+            with pytest.raises(DeployzooError, match=f"backend {backend}: build option {opt} applies only to the backends that take it"):
+                BuildRequest.create("mobilenetv1", backend=backend, options={opt: value})
 
 
 def test_calibration_validates_method_and_size():

@@ -38,7 +38,7 @@ def _ints(text: str, what: str) -> tuple[int, ...]:
     return vals
 
 
-_BUILD_OPTIONS = ("tf32", "channels_last", "cuda_graphs", "opt_batch")  # request.BuildOptions' flags but --device
+_BUILD_OPTIONS = ("tf32", "channels_last", "cuda_graphs", "opt_batch", "perf_hint", "cpu_streams")  # BuildOptions but --device
 
 
 def _echo_json(obj: object) -> None:
@@ -190,7 +190,7 @@ def predict(
     if not Path(engine).exists() and engine.lower() in model_names():
         with _on_interrupt(lambda: "the engine build was abandoned (nothing cached half-built) and no image was "
                            "predicted; run the command again"):
-            if device and backend_capabilities(req["backend"]).takes_options:
+            if device and "device" in backend_capabilities(req["backend"]).options:
                 req["device"] = device  # the engine is built for the device it runs on
             request = BuildRequest.create(engine, batch=None if dynamic_batch else (batch or 1), **request_kwargs(req))
             engine_dir = cached_engine(request).dir
@@ -376,7 +376,7 @@ def bench(
                  helps={"weights": "Checkpoint; none = random init (accuracy not meaningful).",
                         "calib": "int8 calibration images (default: demo's calib split).",
                         "imgsz": "'origin' (official WIDER protocol) or 'H W' (default: the model's).",
-                        "backend": "Backend of the built engines: ort | aoti | torch."})
+                        "backend": "Backend of the built engines: ort | openvino | aoti | torch."})
 def run(
     model: str = typer.Argument(..., help="Model name."),
     output: Path = typer.Option(..., "-o", "--output", help="Run directory (report.md, report.json, plots)."),

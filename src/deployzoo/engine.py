@@ -8,6 +8,7 @@ import json
 import math
 import os
 import platform
+import sys
 import re
 import shutil
 import subprocess
@@ -34,6 +35,9 @@ def versions() -> dict[str, str]:
             out[mod] = str(getattr(m, "__version__", "?"))
         except Exception:  # noqa: BLE001 - a missing optional package is recorded as absent
             out[mod] = "absent"
+    for mod in ("openvino", "nncf"):  # recorded when this process used them (importing them costs seconds)
+        if mod in sys.modules:
+            out[mod] = str(getattr(sys.modules[mod], "__version__", "?"))
     try:
         import torch
 

@@ -45,7 +45,8 @@ _SUITES = {
     "coco": ("deployzoo.suites.coco", "CocoSuite"),
 }
 _BACKENDS = {"ort": ("deployzoo.backends.ort", "OrtBackend"), "torch": ("deployzoo.backends.torch_eager", "TorchBackend"),
-             "aoti": ("deployzoo.backends.aoti", "AotiBackend")}
+             "aoti": ("deployzoo.backends.aoti", "AotiBackend"),
+             "openvino": ("deployzoo.backends.openvino", "OpenVinoBackend")}
 
 
 def _registered() -> dict[str, Registration]:

@@ -172,7 +172,7 @@ def run_markdown(*, title: str, warnings: list[str], data: Any, settings: str, a
         f"threads: {threads or 'runtime default'}. `torch ...` rows are eager PyTorch, the reference peer (same "
         "build options as the engines)." if hw else "",
         "Timing `device`: input already on the engine's device, inference only (the PyTorch-based backends); "
-        "`host`: from a host array, copies in and out included (ONNX Runtime)." if hw else "",
+        "`host`: from a host array, copies in and out included (ONNX Runtime, OpenVINO)." if hw else "",
         "", md_table(["Model", "Engine", "Batch", "Throughput (img/s)", "p50 ms", "p99 ms", "Timing"], perf_rows), "",
         "Plots: " + "".join(f"[{data.plot_name} {p}]({data.plot_name.lower()}_{p}.png), " for p in precisions
                             if data.plot_name) + "[throughput](throughput.png)", "",

@@ -36,8 +36,8 @@ def _cli(*flags: str, help: str, default: Any = None, type: Any = Optional[str])
 # ---------------------------------------------------------------------------------------------------- parts
 @dataclass(frozen=True)
 class BuildOptions:
-    """Build options of the PyTorch-based backends (backends/torch_common.py); None = the backend's default.
-    A backend whose capabilities say it takes no options refuses any that is set."""
+    """Build options; None = the backend's default. Each backend's capabilities name the options it takes
+    (Capabilities.options); BuildRequest.create refuses any other that is set."""
 
     device: str | None = field(default=None, metadata=_cli(
         "--device", help="(torch, aoti) cpu | cuda | cuda:N (default: cuda if present)."))
@@ -51,6 +51,11 @@ class BuildOptions:
         help="(torch, aoti) replay a CUDA graph per input shape (CUDA only; default off)."))
     opt_batch: int | None = field(default=None, metadata=_cli(
         "--opt-batch", type=Optional[int], help="(aoti) batch a dynamic-batch engine is traced at (default 8)."))
+    perf_hint: str | None = field(default=None, metadata=_cli(
+        "--perf-hint", help="(openvino) latency | throughput: one stream, or several with a batch split across them "
+                            "(default latency)."))
+    cpu_streams: int | None = field(default=None, metadata=_cli(
+        "--cpu-streams", type=Optional[int], help="(openvino) CPU streams (default: OpenVINO's choice for the hint)."))
 
     @classmethod
     def of(cls, opts: BuildOptions | Mapping[str, Any] | None) -> BuildOptions:
@@ -171,14 +176,20 @@ class BuildRequest:
             raise DeployzooError(f"--batch {batch}: must be >= 1")
         precision = canonical_precision(precision)
         caps = get_backend(backend).capabilities
+        if caps.missing():
+            raise DeployzooError(f"backend {backend} needs {', '.join(caps.missing())} (pip install "
+                                 f"{' '.join(caps.missing())})")
         problem = caps.precision_problem(backend, precision)
         if problem:
             raise DeployzooError(problem)
         opts = BuildOptions.of(options)
-        if opts.set() and not caps.takes_options:
-            takers = [b for b in backend_names() if get_backend(b).capabilities.takes_options]
-            raise DeployzooError(f"backend {backend}: build options {', '.join(sorted(opts.set()))} apply only to "
-                                 f"the backends that take them ({', '.join(takers)})")
+        foreign = sorted(set(opts.set()) - set(caps.options))
+        if foreign:
+            takers = [b for b in backend_names() if set(foreign) & set(get_backend(b).capabilities.options)]
+            many = len(foreign) > 1
+            raise DeployzooError(f"backend {backend}: build option{'s' if many else ''} {', '.join(foreign)} "
+                                 f"appl{'y' if many else 'ies'} only to the backends that take "
+                                 f"{'them' if many else 'it'} ({', '.join(takers) or 'none'})")
         recipe = recipe or Recipe.for_model(spec, variant)
         if float_groups is not None:
             recipe = replace(recipe, float_groups=tuple(float_groups))

@@ -95,10 +95,11 @@ class RunPlan:
         return f"{self.spec.name}-{self.variant}"
 
     def options(self, backend: str) -> dict[str, Any] | None:
-        """Build options for the backends that take them (the eager peer gets the engines' own); others none."""
-        if not backend_capabilities(backend).takes_options:
-            return None
-        return {**self.cfg.build_options, **({"device": self.cfg.device} if self.cfg.device else {})}
+        """The run's build options that `backend` takes (the eager peer gets the engines' own); None if none."""
+        takes = backend_capabilities(backend).options
+        opts = {**self.cfg.build_options, **({"device": self.cfg.device} if self.cfg.device else {})}
+        opts = {k: v for k, v in opts.items() if k in takes and v is not None}
+        return opts or None
 
     def request(self, backend: str, precision: str) -> BuildRequest:
         return BuildRequest.create(self.spec.name, variant=self.variant, weights=self.cfg.weights, backend=backend,

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from deployzoo.backends.base import Capabilities
-from deployzoo.backends.torch_common import (TensorRunner, autocast_wrap, build_options, check_graphable,
+from deployzoo.backends.torch_common import (OPTIONS, TensorRunner, autocast_wrap, build_options, check_graphable,
                                              resolve_device)
 from deployzoo.backends.torch_eager import source_module
 from deployzoo.engine import Engine
@@ -99,7 +99,7 @@ def _host(names: tuple[str, ...], outs: Any) -> dict[str, Any]:
 
 class AotiBackend:
     name = "aoti"
-    capabilities = Capabilities(precisions=("fp32", "fp16", "bf16"), devices=("cpu", "cuda"), takes_options=True,
+    capabilities = Capabilities(precisions=("fp32", "fp16", "bf16"), devices=("cpu", "cuda"), options=OPTIONS,
                                 device_pipeline=True, refused={"int8": INT8_MESSAGE})
 
     def build(self, graph: Graph, out_dir: Path, request: BuildRequest) -> dict[str, Any]:

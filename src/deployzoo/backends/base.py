@@ -24,18 +24,31 @@ class Capabilities:
 
     - `precisions`: the precisions it builds; `refused`: precision -> why not (said instead of the generic line);
     - `devices`: device types its engines run on;
-    - `takes_options`: it takes build options (request.BuildOptions: device, tf32, channels-last, ...);
+    - `options`: the build options it takes (request.BuildOptions fields: device, tf32, ... for the PyTorch
+      backends; perf_hint, streams for OpenVINO); BuildRequest.create refuses the others;
     - `device_pipeline`: its runners take torch tensors on their device (TensorRunner), so predict can decode,
       pre- and post-process there;
-    - `uses_recipe`: its low-precision builds follow the request's Recipe (float groups, op types kept fp32).
+    - `uses_recipe`: its low-precision builds follow the request's Recipe (float groups, op types kept fp32);
+    - `requires`: the Python packages it needs (BuildRequest.create names the missing ones in one line).
     """
 
     precisions: tuple[str, ...]
     devices: tuple[str, ...] = ("cpu",)
-    takes_options: bool = False
+    options: tuple[str, ...] = ()
     device_pipeline: bool = False
     uses_recipe: bool = False
     refused: Mapping[str, str] = field(default_factory=dict)
+    requires: tuple[str, ...] = ()
+
+    def missing(self) -> list[str]:
+        """The required packages that are not installed."""
+        import importlib.util
+
+        return [m for m in self.requires if importlib.util.find_spec(m) is None]
+
+    @property
+    def takes_options(self) -> bool:
+        return bool(self.options)
 
     def precision_problem(self, backend: str, precision: str) -> str | None:
         """None if `precision` builds here, else the one line that says why not."""

@@ -33,6 +33,7 @@ from deployzoo.specs import BatchSpec
 log = logging.getLogger(__name__)
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+OPTIONS = ("device", "tf32", "channels_last", "cuda_graphs", "opt_batch")  # the BuildOptions these backends take
 
 
 def resolve_device(device: str | None, where: str | Path = "--device") -> torch.device:

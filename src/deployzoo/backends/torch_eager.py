@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from deployzoo.backends.base import Capabilities
-from deployzoo.backends.torch_common import (TensorRunner, autocast_wrap, build_options, check_graphable,
+from deployzoo.backends.torch_common import (OPTIONS, TensorRunner, autocast_wrap, build_options, check_graphable,
                                              resolve_device)
 from deployzoo.checkpoint import apply_state_dict, load_state_dict
 from deployzoo.engine import Engine
@@ -51,7 +51,7 @@ def load_module(engine: Engine) -> torch.nn.Module:
 
 class TorchBackend:
     name = "torch"
-    capabilities = Capabilities(precisions=("fp32", "fp16", "bf16"), devices=("cpu", "cuda"), takes_options=True,
+    capabilities = Capabilities(precisions=("fp32", "fp16", "bf16"), devices=("cpu", "cuda"), options=OPTIONS,
                                 device_pipeline=True,
                                 refused={"int8": "backend torch: eager PyTorch runs fp32 / fp16 / bf16; int8 is "
                                                  "built by --backend ort"})

@@ -1,0 +1,212 @@
+"""OpenVINO backend (CPU): our exported ONNX read by OpenVINO and saved as IR (model.xml + model.bin).
+
+- fp32 forces INFERENCE_PRECISION_HINT f32: on a CPU with bf16 (AVX-512 BF16, AMX) OpenVINO otherwise runs bf16
+  without saying so; bf16 and fp16 are that hint set to bf16 / f16 (the IR keeps fp32 weights);
+- int8 is NNCF post-training quantization (nncf.quantize: its default preset, fast bias correction) on the
+  request's calibration images, pre-processed by the task as predict does; the parts NNCF leaves float run f32;
+- the performance hint is a build option: LATENCY (one stream, the default) or THROUGHPUT (several streams; a
+  batch is split into per-image requests run concurrently on an async infer queue when every output is per-image);
+- the manifest records what the compiled model reports back: inference precision, streams, infer requests.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from deployzoo.backends.base import Capabilities
+from deployzoo.engine import Engine, engine_feeds
+from deployzoo.errors import DeployzooError
+
+if TYPE_CHECKING:
+    from deployzoo.request import BuildRequest, Graph
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.xml"
+WEIGHTS_FILE = "model.bin"
+HINT_PRECISION = {"fp32": "f32", "bf16": "bf16", "fp16": "f16", "int8": "f32"}
+PERF_HINTS = ("latency", "throughput")
+
+
+def _ov():
+    try:
+        import openvino as ov
+    except ImportError:  # pragma: no cover - a dependency; the message is for a broken install
+        raise DeployzooError("backend openvino needs the openvino package (pip install openvino)") from None
+    return ov
+
+
+def compile_config(precision: str, options: dict[str, Any], threads: int | None = None) -> dict[str, Any]:
+    """OpenVINO CPU properties of an engine: its precision hint, performance hint, streams and threads."""
+    cfg: dict[str, Any] = {"INFERENCE_PRECISION_HINT": HINT_PRECISION[precision],
+                           "PERFORMANCE_HINT": str(options.get("perf_hint", "latency")).upper()}
+    if options.get("cpu_streams"):
+        cfg["NUM_STREAMS"] = int(options["cpu_streams"])
+    if threads:
+        cfg["INFERENCE_NUM_THREADS"] = int(threads)
+    return cfg
+
+
+def _per_image_outputs(graph: Graph) -> bool:
+    """Whether every output of the ONNX graph is per image (first axis = the input's batch axis), so a batch can
+    be split into single-image requests and the outputs concatenated."""
+    import onnx
+
+    g = onnx.load(str(graph.path), load_external_data=False).graph
+    first = g.input[0].type.tensor_type.shape.dim[0]
+    for o in g.output:
+        dims = o.type.tensor_type.shape.dim
+        if not dims or dims[0].dim_param != first.dim_param or dims[0].dim_value != first.dim_value:
+            return False
+    return True
+
+
+def read_back(compiled: Any) -> dict[str, Any]:
+    """What the compiled model says it runs (not what was asked for)."""
+    def prop(name: str) -> Any:
+        try:
+            v = compiled.get_property(name)
+        except Exception:  # noqa: BLE001 - a property this OpenVINO version does not report
+            return None
+        return str(getattr(v, "name", v)) if not isinstance(v, (int, float, bool)) else v
+
+    prec = prop("INFERENCE_PRECISION_HINT")
+    return {"inference_precision": str(prec).replace("<Type: '", "").replace("'>", "") if prec else None,
+            "performance_hint": prop("PERFORMANCE_HINT"), "streams": prop("NUM_STREAMS"),
+            "infer_requests": prop("OPTIMAL_NUMBER_OF_INFER_REQUESTS"),
+            "threads": prop("INFERENCE_NUM_THREADS")}
+
+
+class OpenVinoRunner:
+    takes_tensors = False  # host arrays in and out
+
+    def __init__(self, engine: Engine, threads: int | None, device: str | None) -> None:
+        if device not in (None, "auto", "cpu"):
+            raise DeployzooError(f"--device {device}: the openvino backend runs on the CPU here")
+        ov = _ov()
+        self.engine = engine
+        path = engine.model_path
+        self.config = compile_config(engine.precision, dict(engine.options), threads)
+        try:
+            self.compiled = ov.Core().compile_model(str(path), "CPU", self.config)
+        except Exception as exc:  # noqa: BLE001 - OpenVINO raises RuntimeError with long texts
+            raise DeployzooError(f"{path}: OpenVINO cannot load the engine: {str(exc).strip().splitlines()[0][:200]}"
+                                 ) from None
+        self.device = "cpu"
+        ins = [next(iter(sorted(i.get_names())), "") for i in self.compiled.inputs]
+        if sorted(ins) != sorted(engine.input.input_names):
+            raise DeployzooError(f"{engine.manifest_path}: manifest inputs {engine.input.input_names} disagree with "
+                                 f"{path.name}'s {ins}")
+        self.ports = {}
+        for port in self.compiled.outputs:
+            hit = [n for n in port.get_names() if n in engine.outputs]
+            if hit:
+                self.ports[hit[0]] = port
+        missing = [n for n in engine.outputs if n not in self.ports]
+        if missing:
+            raise DeployzooError(f"{engine.manifest_path}: manifest outputs {missing} are not outputs of {path.name}")
+        self.request = self.compiled.create_infer_request()
+        ovinfo = engine.manifest.get("openvino") or {}
+        self.split = bool(ovinfo.get("per_image_outputs")) and self.config["PERFORMANCE_HINT"] == "THROUGHPUT"
+        self.queue = None
+        if self.split:
+            n = int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+            self.queue = ov.AsyncInferQueue(self.compiled, max(1, n))
+
+    def _outputs(self, result: Any) -> dict[str, np.ndarray]:
+        return {name: np.asarray(result[port]) for name, port in self.ports.items()}
+
+    def run(self, x: np.ndarray | dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        feeds = engine_feeds(self.engine.input, x)
+        n = next(iter(feeds.values())).shape[0]
+        if self.queue is None or n == 1 or not self.engine.batch.dynamic:
+            return self._outputs(self.request.infer(feeds))
+        parts: list[dict[str, np.ndarray] | None] = [None] * n
+
+        def done(req: Any, i: int) -> None:
+            parts[i] = {name: np.array(req.get_tensor(port).data) for name, port in self.ports.items()}
+
+        self.queue.set_callback(done)
+        for i in range(n):
+            self.queue.start_async({k: v[i:i + 1] for k, v in feeds.items()}, i)
+        self.queue.wait_all()
+        return {name: np.concatenate([p[name] for p in parts], 0) for name in self.ports}  # type: ignore[index]
+
+    def synchronize(self) -> None:
+        pass  # infer / wait_all return when the outputs are on the host
+
+    def peak_memory_bytes(self) -> int | None:
+        return None
+
+
+class OpenVinoBackend:
+    name = "openvino"
+    capabilities = Capabilities(precisions=("fp32", "bf16", "fp16", "int8"), devices=("cpu",),
+                                options=("perf_hint", "cpu_streams"), requires=("openvino", "nncf"))
+
+    def build(self, graph: Graph, out_dir: Path, request: BuildRequest) -> dict[str, Any]:
+        ov = _ov()
+        opts = request.options
+        hint = (opts.perf_hint or "latency").lower()
+        if hint not in PERF_HINTS:
+            raise DeployzooError(f"--perf-hint {opts.perf_hint!r}: choose from {', '.join(PERF_HINTS)}")
+        if opts.cpu_streams is not None and opts.cpu_streams < 1:
+            raise DeployzooError(f"--cpu-streams {opts.cpu_streams}: must be >= 1")
+        options = {"perf_hint": hint, **({"cpu_streams": int(opts.cpu_streams)} if opts.cpu_streams else {})}
+        t0 = time.perf_counter()
+        core = ov.Core()
+        try:
+            model = core.read_model(str(graph.path))
+        except Exception as exc:  # noqa: BLE001
+            raise DeployzooError(f"{graph.path}: OpenVINO cannot read the graph: "
+                                 f"{str(exc).strip().splitlines()[0][:200]}") from None
+        info: dict[str, Any] = {"model_file": MODEL_FILE, "options": options}
+        if request.precision == "int8":
+            model, info["quantization"] = self._int8(model, graph, request)
+        ov.save_model(model, str(out_dir / MODEL_FILE), compress_to_fp16=False)
+        compiled = core.compile_model(str(out_dir / MODEL_FILE), "CPU", compile_config(request.precision, options))
+        info["openvino"] = {"version": ov.get_version(), **read_back(compiled),
+                            "per_image_outputs": _per_image_outputs(graph)}
+        info["build_seconds"] = round(time.perf_counter() - t0, 2)
+        return info
+
+    @staticmethod
+    def _int8(model: Any, graph: Graph, request: BuildRequest) -> tuple[Any, dict[str, Any]]:
+        # nncf imports torch's C++ extension loader, which logs "No CUDA runtime is found" on CPU machines
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+        try:
+            import nncf
+        except ImportError:  # pragma: no cover - a dependency
+            raise DeployzooError("backend openvino int8 needs nncf (pip install nncf)") from None
+        from deployzoo.quant.calib import CalibReader
+        from deployzoo.registry import get_task
+
+        calib = request.calibration.images  # read by build() before the backend is called
+        reader = CalibReader(calib, get_task(graph.task), graph.input, graph.batch.default())
+        reader.check_usable()
+        feeds = []
+        while (f := reader.get_next()) is not None:
+            feeds.append(f)
+        if not feeds:
+            raise DeployzooError(f"{calib.root}: no readable calibration image")
+        logging.getLogger("nncf").setLevel(logging.WARNING)
+        t0 = time.perf_counter()
+        # a model whose recipe quantizes MatMuls is a transformer (VOLO): NNCF's transformer scheme keeps the
+        # softmax / layer-norm paths float and quantizes the matmul inputs (ours on ORT does the same)
+        transformer = "MatMul" in request.recipe.op_types
+        kw = {"model_type": nncf.ModelType.TRANSFORMER} if transformer else {}
+        q = nncf.quantize(model, nncf.Dataset(feeds), subset_size=len(feeds), **kw)
+        fq = sum(1 for op in q.get_ops() if op.get_type_name() == "FakeQuantize")
+        return q, {"tool": f"nncf {nncf.__version__}",
+                   "method": "nncf.quantize (default preset, fast bias correction"
+                             f"{', transformer model type' if transformer else ''})",
+                   "fake_quantize_ops": fq, "calibration_images_used": reader.used,
+                   "seconds": round(time.perf_counter() - t0, 2)}
+
+    def load(self, engine: Engine, threads: int | None = None, device: str | None = None) -> OpenVinoRunner:
+        return OpenVinoRunner(engine, threads, device)
