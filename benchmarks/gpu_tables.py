@@ -121,7 +121,7 @@ for name in args.models.split(","):
         try:
             graphs = args.cuda_graphs and model != "maskrcnn" and args.device.startswith("cuda")
             opts = {"device": args.device, "channels_last": args.device.startswith("cuda"), "cuda_graphs": graphs} \
-                if backend_capabilities(backend).takes_options else None  # ORT takes its device at load
+                if "device" in backend_capabilities(backend).options else None  # ORT takes its device at load
             build = dict(variant=variant, backend=backend, precision=prec, imgsz=imgsz, cache_dir=out / "cache",
                          options=opts)
             try:  # one dynamic-batch engine; graphs torch.export specialises (Mask R-CNN): one engine per batch
