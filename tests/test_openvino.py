@@ -123,3 +123,23 @@ def test_refusals_are_one_line(tiny_onnx, ov_fp32, tmp_path):
     with pytest.raises(DeployzooError, match="--device cuda: the openvino backend runs on the CPU here"):
         load_engine(ov_fp32, device="cuda")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_run_benchmarks_peer_backends_in_one_table(tmp_path, capsys):
+    from deployzoo.cli import main
+
+    out = tmp_path / "run"
+    run_cli(["run", "mobilenetv1", "--peers", "openvino,ort", "--precisions", "fp32", "--demo-images", "2",
+             "--batches", "1", "--iters", "1", "--warmup", "0", "--no-reference", "-o", str(out)])
+    rep = json.loads((out / "report.json").read_text())
+    assert sorted((r["backend"], r["precision"]) for r in rep["bench"]) == [("openvino", "fp32"), ("ort", "fp32")]
+    assert "| openvino fp32 |" in (out / "report.md").read_text()
+    for args, words in [(["--peers", "nope"], "unknown backend 'nope'"),
+                        (["--peers", "torch", "--precisions", "int8"], "--peers torch: it builds none of")]:
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exc:
+            main(["run", "mobilenetv1", *args, "-o", str(tmp_path / "bad")])
+        err = capsys.readouterr().err
+        lines = [ln for ln in err.splitlines() if ln.startswith("deployzoo:")]
+        assert exc.value.code == 2 and len(lines) == 1 and words in lines[0] and "Traceback" not in err
+        assert not (tmp_path / "bad" / "cache").exists()  # refused before any build

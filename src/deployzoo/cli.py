@@ -388,6 +388,8 @@ def run(
                              "(generated)."),
     gt: Optional[Path] = typer.Option(None, help="Ground truth when it is not in DATA (WIDER ground_truth dir, "
                                       "ImageNet labels, COCO instances json)."),
+    peers: str = typer.Option("", help="Other backends to benchmark beside the engines, at the precisions each "
+                              "builds, e.g. ort,openvino (the CPU peer table)."),
     reference: bool = typer.Option(True, help="Also benchmark eager PyTorch (backend torch, same build options; fp32, "
                                    "and on CUDA each of fp16 / bf16 the run measures) as the peer."),
     device: Optional[str] = typer.Option(None, help="cpu | cuda | cuda:N (default: cuda if present)."),
@@ -408,7 +410,9 @@ def run(
     opts = {k: req.pop(k) for k in _BUILD_OPTIONS if req.get(k) is not None}
     cfg = RunConfig(
         model=model, out_dir=output, precisions=precs, batches=_ints(batches, "--batches") if batches else None,
-        predict_batch=predict_batch, data=data, gt=gt, reference=reference, bench_imgsz=bench_imgsz, iters=iters,
+        predict_batch=predict_batch, data=data, gt=gt, reference=reference,
+        peers=tuple(b.strip().lower() for b in peers.split(",") if b.strip()),
+        bench_imgsz=bench_imgsz, iters=iters,
         warmup=warmup, threads=threads, demo_images=demo_images, device=device, build_options=opts,
         **{k: v for k, v in req.items() if k not in _BUILD_OPTIONS},
     )

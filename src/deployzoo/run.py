@@ -42,6 +42,7 @@ class RunConfig:
     calib_method: str = "minmax"
     backend: str = "ort"
     reference: bool = True
+    peers: tuple[str, ...] = ()  # other backends benchmarked beside the engines, at the precisions they build
     imgsz: str | None = None
     bench_imgsz: str | None = None
     iters: int = 20
@@ -123,6 +124,13 @@ def plan_run(cfg: RunConfig) -> RunPlan:
         problem = caps.precision_problem(cfg.backend, p)
         if problem:
             raise DeployzooError(f"--precisions {','.join(cfg.precisions)}: {problem}")
+    for b in cfg.peers:  # unknown names and missing packages: one line before any work
+        peer_caps = backend_capabilities(b)
+        if peer_caps.missing():
+            raise DeployzooError(f"--peers {b}: backend {b} needs {', '.join(peer_caps.missing())}")
+        if not any(p in peer_caps.precisions for p in cfg.precisions):
+            raise DeployzooError(f"--peers {b}: it builds none of --precisions {','.join(cfg.precisions)} "
+                                 f"(it builds {', '.join(peer_caps.precisions)})")
     task = get_task(spec.task)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -196,7 +204,8 @@ def accuracy_stage(plan: RunPlan) -> AccuracyStage:
 
 
 def bench_stage(plan: RunPlan, engines: dict[str, Engine]) -> list[dict[str, Any]]:
-    """Engine-only benchmark rows of every precision's engine and, with cfg.reference, the eager peer."""
+    """Engine-only benchmark rows of every precision's engine, the peer backends' engines at the precisions they
+    build (cfg.peers) and, with cfg.reference, the eager peer."""
     cfg = plan.cfg
     targets = [(p, engines[p]) for p in cfg.precisions]
     if cfg.reference and cfg.backend != "torch":  # (a torch run's engines are the eager peer already)
@@ -208,6 +217,11 @@ def bench_stage(plan: RunPlan, engines: dict[str, Engine]) -> list[dict[str, Any
         peer = ["fp32"] + [p for p in cfg.precisions if cuda and p in ("fp16", "bf16")]
         for i, p in enumerate(peer):
             targets.insert(i, (f"{p}-eager", plan.engine("torch", p)))
+    for b in dict.fromkeys(cfg.peers):
+        if b == cfg.backend or (b == "torch" and cfg.reference):
+            continue  # already measured
+        caps = backend_capabilities(b)
+        targets.extend((f"{p}-{b}", plan.engine(b, p)) for p in cfg.precisions if p in caps.precisions)
     bcfg = BenchConfig(batches=plan.batches, iters=cfg.iters, warmup=cfg.warmup, threads=cfg.threads,
                        device=cfg.device, imgsz=None if plan.bench_hw in (None, "origin") else tuple(plan.bench_hw))
     rows: list[dict[str, Any]] = []
