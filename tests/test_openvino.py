@@ -143,3 +143,18 @@ def test_run_benchmarks_peer_backends_in_one_table(tmp_path, capsys):
         lines = [ln for ln in err.splitlines() if ln.startswith("deployzoo:")]
         assert exc.value.code == 2 and len(lines) == 1 and words in lines[0] and "Traceback" not in err
         assert not (tmp_path / "bad" / "cache").exists()  # refused before any build
+
+
+def test_concurrent_callers_get_their_own_results(ov_fp32, tiny_onnx, tmp_path):
+    """bench --streams N calls one runner from N threads: each call must get the outputs of its own input."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    tput = build_engine(tiny_onnx, tmp_path / "tput", backend="openvino", options={"perf_hint": "throughput"})
+    for engine in (ov_fp32, tput):
+        runner = load_engine(engine).runner
+        xs = [batch(2, seed=s) for s in range(6)]
+        want = [runner.run(x)["scores"] for x in xs]
+        with ThreadPoolExecutor(3) as pool:
+            got = list(pool.map(lambda x: runner.run(x)["scores"], xs * 3))
+        for i, g in enumerate(got):
+            np.testing.assert_allclose(g, want[i % 6], rtol=1e-5, atol=1e-6)

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -110,7 +111,8 @@ class OpenVinoRunner:
         missing = [n for n in engine.outputs if n not in self.ports]
         if missing:
             raise DeployzooError(f"{engine.manifest_path}: manifest outputs {missing} are not outputs of {path.name}")
-        self.request = self.compiled.create_infer_request()
+        self._local = threading.local()  # one infer request per calling thread (bench --streams N runs N threads)
+        self._queue_lock = threading.Lock()
         ovinfo = engine.manifest.get("openvino") or {}
         self.split = bool(ovinfo.get("per_image_outputs")) and self.config["PERFORMANCE_HINT"] == "THROUGHPUT"
         self.queue = None
@@ -125,16 +127,20 @@ class OpenVinoRunner:
         feeds = engine_feeds(self.engine.input, x)
         n = next(iter(feeds.values())).shape[0]
         if self.queue is None or n == 1 or not self.engine.batch.dynamic:
-            return self._outputs(self.request.infer(feeds))
+            req = getattr(self._local, "request", None)
+            if req is None:
+                req = self._local.request = self.compiled.create_infer_request()
+            return self._outputs(req.infer(feeds))
         parts: list[dict[str, np.ndarray] | None] = [None] * n
 
         def done(req: Any, i: int) -> None:
             parts[i] = {name: np.array(req.get_tensor(port).data) for name, port in self.ports.items()}
 
-        self.queue.set_callback(done)
-        for i in range(n):
-            self.queue.start_async({k: v[i:i + 1] for k, v in feeds.items()}, i)
-        self.queue.wait_all()
+        with self._queue_lock:  # the queue already runs the images of one batch concurrently
+            self.queue.set_callback(done)
+            for i in range(n):
+                self.queue.start_async({k: v[i:i + 1] for k, v in feeds.items()}, i)
+            self.queue.wait_all()
         return {name: np.concatenate([p[name] for p in parts], 0) for name in self.ports}  # type: ignore[index]
 
     def synchronize(self) -> None:
