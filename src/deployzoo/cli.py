@@ -90,7 +90,7 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug log
 @app.command()
 def models() -> None:
     """List models, variants, tasks, default input sizes and official weight sources."""
-    from deployzoo.registry import backend_names, get_model, model_names
+    from deployzoo.registry import backend_capabilities, backend_names, get_model, model_names
     from deployzoo.report import md_table
 
     rows = []
@@ -102,8 +102,15 @@ def models() -> None:
                          size if isinstance(size, str) else "x".join(map(str, size)),
                          "x".join(map(str, s.seed_imgsz.get(v, []))) or "-", s.weights.get(v, "-")])
     typer.echo(md_table(["model", "variant", "task", "default input", "seed input", "official weights"], rows))
-    typer.echo(f"\nbackends: {', '.join(backend_names())}; precisions: fp32, fp16, bf16, int8 "
-               "(aliases force_float32, force_float16, qint8_mixed_float16)")
+    brows = []
+    for b in backend_names():
+        caps = backend_capabilities(b)
+        missing = caps.missing()
+        brows.append([b, ", ".join(caps.precisions), ", ".join(caps.devices),
+                      ", ".join(f"--{o.replace('_', '-')}" for o in caps.options) or "-",
+                      f"missing {', '.join(missing)}" if missing else "ok"])
+    typer.echo("\n" + md_table(["backend", "precisions", "devices", "build options", "installed"], brows))
+    typer.echo("\nprecision aliases: force_float32, force_float16, qint8_mixed_float16")
 
 
 @app.command()
