@@ -19,9 +19,11 @@ from deployzoo.request import BuildRequest, Calibration, Graph
 log = logging.getLogger(__name__)
 
 
-def build(graph: Graph | str | Path, out_dir: str | Path, request: BuildRequest) -> Engine:
+def build(graph: Graph | str | Path, out_dir: str | Path, request: BuildRequest,
+          extra_manifest: dict[str, Any] | None = None) -> Engine:
     """Build `request` from the exported `graph` into `out_dir` (written whole or not at all) and return the
-    engine. The request's model, variant, size and batch must be the graph's (BuildRequest.for_graph)."""
+    engine. The request's model, variant, size and batch must be the graph's (BuildRequest.for_graph).
+    `extra_manifest`: entries recorded beside the build's own (the int8 planner's trials)."""
     out_dir = Path(out_dir)
     check_output_dir(out_dir, is_engine_dir, "deployzoo engine directory")
     g = graph if isinstance(graph, Graph) else Graph.read(graph)
@@ -63,6 +65,7 @@ def build(graph: Graph | str | Path, out_dir: str | Path, request: BuildRequest)
             "created": now_iso(),
             "versions": versions(),
             **info,
+            **(extra_manifest or {}),
         }
         manifest["files"] = record_files(tmp)
         validate_manifest(manifest, tmp / MANIFEST)

@@ -56,6 +56,14 @@ class Task(ABC):
         overrides it for sources of its own (an IJB-C root with landmarks, a COCO root with its json)."""
         return images.list_source(source)
 
+    def agreement(self, reference: list[dict[str, Any]], tested: list[dict[str, Any]]) -> float:
+        """How closely `tested` records follow `reference` records of the same images (the fp32 engine's), in
+        [0, 1] (1: the same), NaN when there is nothing to compare; the int8 planner's measure (quant/planner.py).
+        Default: this task has none."""
+        from deployzoo.errors import DeployzooError
+
+        raise DeployzooError(f"task {self.name}: no agreement measure between engines (the int8 planner needs one)")
+
     def infer(self, runner: Any, x: Any, post: dict[str, Any]) -> dict[str, np.ndarray]:
         """How a collated batch is run; default: once through the runner. Overridden by a task that runs its
         own inference step (e.g. flip test: the batch and its mirror), which keeps it on the host pipeline."""

@@ -87,6 +87,12 @@ class ClassificationTask(Task):
         top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
         return [{"topk": [[int(c), round(float(p[c]), 6)] for c in t]} for t, p in zip(top, probs)]
 
+    def agreement(self, reference: list[dict[str, Any]], tested: list[dict[str, Any]]) -> float:
+        """Share of images whose top-1 class is the reference's."""
+        if not reference:
+            return float("nan")
+        return sum(r["topk"][0][0] == t["topk"][0][0] for r, t in zip(reference, tested)) / len(reference)
+
     # tensor hooks: the device pipeline (pipeline_device.py)
     def prepare_tensors(self, images: list[torch.Tensor], spec: InputSpec,
                         metas: list[dict[str, Any] | None] | None = None) -> tuple[torch.Tensor, list[dict[str, Any]]]:

@@ -214,6 +214,12 @@ class FaceDetectionTask(Task):
     def prepare(self, img: np.ndarray, spec: InputSpec, meta: dict[str, Any] | None = None) -> Prepared:
         return preprocess(img, spec)
 
+    def agreement(self, reference: list[dict[str, Any]], tested: list[dict[str, Any]]) -> float:
+        """AP@0.5 of the tested detections against the reference's confident ones (score >= 0.5)."""
+        from deployzoo.metrics.agreement import agreement_ap
+
+        return agreement_ap(reference, tested)
+
     def collate(self, items: list[Prepared], spec: InputSpec) -> np.ndarray:
         return collate(items)
 

@@ -245,6 +245,12 @@ class FaceRecognitionTask(Task):
             records.append(rec)
         return records
 
+    def agreement(self, reference: list[dict[str, Any]], tested: list[dict[str, Any]]) -> float:
+        """Mean cosine similarity of the embeddings (the IJB-C scores are cosines of them)."""
+        if not reference:
+            return float("nan")
+        return mean_cosine(np.stack([r["_embedding"] for r in reference]), np.stack([t["_embedding"] for t in tested]))
+
     def open_format(self, fmt: str, out_dir: Path, items: list[SourceItem], resume: bool) -> FeatureWriter:
         if fmt != "npy":
             raise ValueError(fmt)

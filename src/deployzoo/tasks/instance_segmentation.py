@@ -186,6 +186,18 @@ class InstanceSegmentationTask(Task):
     def write_format(self, fmt: str, name: str, record: dict[str, Any], out_dir: Path) -> None:
         raise ValueError(f"format {fmt} is written through open_format")
 
+    def agreement(self, reference: list[dict[str, Any]], tested: list[dict[str, Any]]) -> float:
+        """Box AP@0.5 of the tested detections against the reference's confident ones (score >= 0.5), classes
+        pooled (masks follow their boxes)."""
+        from deployzoo.metrics.agreement import agreement_ap
+
+        def boxes(rec: dict[str, Any]) -> dict[str, Any]:
+            b = [[d["bbox"][0], d["bbox"][1], d["bbox"][0] + d["bbox"][2], d["bbox"][1] + d["bbox"][3]]
+                 for d in rec["detections"]]
+            return {"boxes": b, "scores": [d["score"] for d in rec["detections"]]}
+
+        return agreement_ap([boxes(r) for r in reference], [boxes(t) for t in tested])
+
     def render(self, img: np.ndarray, record: dict[str, Any]) -> np.ndarray:
         """BGR image with masks tinted and boxes drawn for detections scoring >= 0.5."""
         import pycocotools.mask as mask_util
