@@ -89,6 +89,10 @@ def test_refusals_are_one_line(tiny_onnx, image_dir, tmp_path):
                                                                   calibration=cal), 0.5)
     with pytest.raises(DeployzooError, match="needs at least 8 calibration images"):
         plan_int8(graph, tmp_path / "a", BuildRequest.for_graph(graph, precision="int8", calibration=cal), 0.5)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(DeployzooError, match="file"):  # the output is refused before any trial is built
+        plan_int8(graph, tmp_path / "file", BuildRequest.for_graph(graph, precision="int8", calibration=cal), 0.5)
+    assert not list(tmp_path.glob(".*.plan"))
 
 
 def test_random_weights_with_nothing_confident_is_one_line(tiny_onnx, image_dir, tmp_path):

@@ -34,8 +34,9 @@ import onnx
 
 from deployzoo.bench import BenchConfig, bench_engine
 from deployzoo.build import build
-from deployzoo.engine import Engine
+from deployzoo.engine import Engine, is_engine_dir
 from deployzoo.errors import DeployzooError
+from deployzoo.files import check_output_dir
 from deployzoo.pipeline import StageTimes, load_engine, run_batches
 from deployzoo.quant import recipes
 from deployzoo.quant.calib import CalibSet
@@ -105,6 +106,7 @@ def available_groups(graph: Graph, recipe_groups: tuple[str, ...]) -> list[str]:
 
 def plan_int8(graph: Graph, out_dir: str | Path, request: BuildRequest, max_drop: float) -> Engine:
     out_dir = Path(out_dir)
+    check_output_dir(out_dir, is_engine_dir, "deployzoo engine directory")  # before minutes of trials
     if request.precision != "int8":
         raise DeployzooError(f"--max-drop plans int8 builds (this one is {request.precision})")
     if not (max_drop >= 0 and math.isfinite(max_drop)):
