@@ -58,6 +58,8 @@ def test_a_backend_whose_packages_are_missing_is_one_line(monkeypatch):
 def test_every_backend_declares_capabilities_that_create_enforces(backend):
     caps = get_backend(backend).capabilities
     assert "fp32" in caps.precisions and caps.devices
+    if caps.missing():  # e.g. openvino on the GPU machine's stack
+        pytest.skip(f"backend {backend} needs {', '.join(caps.missing())}")
     for p in ("fp32", "fp16", "bf16", "int8"):
         kw = {"calibration": Calibration(Path("calib"))} if p == "int8" else {}
         if p in caps.precisions:
