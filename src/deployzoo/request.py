@@ -176,9 +176,9 @@ class BuildRequest:
             raise DeployzooError(f"--batch {batch}: must be >= 1")
         precision = canonical_precision(precision)
         caps = get_backend(backend).capabilities
-        if caps.missing():
-            raise DeployzooError(f"backend {backend} needs {', '.join(caps.missing())} (pip install "
-                                 f"{' '.join(caps.missing())})")
+        missing = caps.missing()
+        if missing:
+            raise DeployzooError(f"backend {backend} needs {', '.join(missing)} (pip install {' '.join(missing)})")
         problem = caps.precision_problem(backend, precision)
         if problem:
             raise DeployzooError(problem)

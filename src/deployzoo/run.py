@@ -126,8 +126,9 @@ def plan_run(cfg: RunConfig) -> RunPlan:
             raise DeployzooError(f"--precisions {','.join(cfg.precisions)}: {problem}")
     for b in cfg.peers:  # unknown names and missing packages: one line before any work
         peer_caps = backend_capabilities(b)
-        if peer_caps.missing():
-            raise DeployzooError(f"--peers {b}: backend {b} needs {', '.join(peer_caps.missing())}")
+        missing = peer_caps.missing()
+        if missing:
+            raise DeployzooError(f"--peers {b}: backend {b} needs {', '.join(missing)}")
         if not any(p in peer_caps.precisions for p in cfg.precisions):
             raise DeployzooError(f"--peers {b}: it builds none of --precisions {','.join(cfg.precisions)} "
                                  f"(it builds {', '.join(peer_caps.precisions)})")

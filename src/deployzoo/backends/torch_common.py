@@ -213,7 +213,6 @@ class _Autocast(torch.nn.Module):
         self.inner = inner
         self.dtype = dtype
         self.device_type = device_type
-        self.input_names, self.output_axes = inner.input_names, inner.output_axes
 
     def forward(self, *xs: torch.Tensor) -> Any:
         with torch.autocast(self.device_type, dtype=self.dtype):

@@ -74,17 +74,15 @@ def split_calibration(cs: CalibSet) -> tuple[CalibSet, CalibSet]:
     return replace(cs, items=cal), replace(cs, items=held)
 
 
-def engine_records(engine: Engine | Path, items: list[Any]) -> list[dict[str, Any]]:
-    """The task's records of `items` through the engine (batch 1, as predict would make them)."""
-    loaded = load_engine(engine.dir if isinstance(engine, Engine) else engine)
-    got: dict[int, dict[str, Any]] = {}
-    index = {id(it): k for k, it in enumerate(items)}
+def engine_records(engine: Engine, items: list[Any]) -> list[dict[str, Any]]:
+    """The task's records of `items` through the engine, in their order (batch 1, as predict would make them)."""
+    got: list[dict[str, Any]] = []
     skipped: list[str] = []
-    run_batches(loaded, items, batch=1, on_result=lambda it, img, rec: got.__setitem__(index[id(it)], rec),
+    run_batches(load_engine(engine.dir), items, batch=1, on_result=lambda it, img, rec: got.append(rec),
                 on_skip=lambda it, why: skipped.append(f"{it.name}: {why}"), times=StageTimes(), workers=2)
     if skipped:
         raise DeployzooError(f"int8 planner: held-out calibration images unusable ({skipped[0]})")
-    return [got[k] for k in range(len(items))]
+    return got  # run_batches yields in source order
 
 
 def speed(engine: Engine, batch: int) -> float:
