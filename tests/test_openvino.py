@@ -61,6 +61,25 @@ def test_bf16_runs_bf16(tiny_onnx, tmp_path):
     assert manifest(e)["openvino"]["inference_precision"] == "bfloat16"
 
 
+def test_a_precision_this_cpu_lacks_is_refused_not_relabelled(tiny_onnx, tmp_path, monkeypatch):
+    # OpenVINO runs an f16 hint as bf16 on a CPU without FP16 (AMD EPYC here) and reports bfloat16
+    monkeypatch.setattr(ovb, "cpu_capabilities", lambda: ("BF16", "FP32", "INT8"))
+    with pytest.raises(DeployzooError) as exc:
+        build_engine(tiny_onnx, tmp_path / "f16", backend="openvino", precision="fp16")
+    assert str(exc.value) == ("backend openvino: this CPU has no fp16 (OpenVINO's CPU capabilities: BF16, FP32, "
+                              "INT8; it would run another precision under that name): choose fp32, bf16, int8")
+    assert not (tmp_path / "f16").exists()
+    monkeypatch.setattr(ovb, "cpu_capabilities", lambda: ("FP32", "INT8"))
+    assert "choose fp32, int8" in ovb.machine_problem("bf16") and ovb.machine_problem("int8") is None
+    # the read-back is the last word: a compiled model that runs another type than asked is not written
+    monkeypatch.setattr(ovb, "cpu_capabilities", lambda: ("BF16", "FP16", "FP32", "INT8"))
+    monkeypatch.setattr(ovb, "read_back", lambda compiled: {"inference_precision": "bfloat16"})
+    with pytest.raises(DeployzooError, match="asked for float16 inference, the compiled model runs bfloat16; not "
+                                             "written as fp16"):
+        build_engine(tiny_onnx, tmp_path / "f16b", backend="openvino", precision="fp16")
+    assert not (tmp_path / "f16b").exists()
+
+
 def test_throughput_hint_splits_a_batch_over_streams_with_the_same_outputs(tiny_onnx, ov_fp32, tmp_path):
     e = build_engine(tiny_onnx, tmp_path / "tput", backend="openvino", options={"perf_hint": "throughput",
                                                                                 "cpu_streams": 2})
@@ -109,6 +128,35 @@ def test_int8_by_nncf_through_the_cli(tiny_onnx, image_dir, tmp_path):
              str(tmp_path / "b.json")])
     rows = json.loads((tmp_path / "b.json").read_text())
     assert rows and all(r["backend"] == "openvino" for r in (rows if isinstance(rows, list) else rows["rows"]))
+
+
+def test_float_groups_become_nncf_ignored_scope(tiny_onnx, image_dir, tmp_path):
+    """The recipe's float groups (the int8 planner's mixes) map ONNX Conv names to OpenVINO's convolutions and
+    leave exactly those unquantized; an unknown group is one line."""
+    from deployzoo.quant import recipes
+
+    model = onnx.load(str(tiny_onnx))
+    recipes.name_nodes(model)
+    depthwise = recipes.float_nodes(model, ("depthwise",))["depthwise"]
+    assert len(depthwise) > 5
+    outs = {}
+    for name, groups in (("all", ""), ("dw", "depthwise")):
+        outs[name] = tmp_path / name
+        run_cli(["build", str(tiny_onnx), "--backend", "openvino", "--precision", "int8", "--calib", str(image_dir),
+                 "--calib-size", "4", *(["--float-groups", groups] if groups else []), "-o", str(outs[name])])
+    q_all, q_dw = manifest(outs["all"])["quantization"], manifest(outs["dw"])["quantization"]
+    assert q_all["float_groups"] == [] and q_all["float_ops"] == 0
+    assert q_dw["float_groups"] == ["depthwise"] and q_dw["float_ops"] == len(depthwise)
+    # each depthwise convolution kept float loses its activation and weight FakeQuantize
+    assert q_dw["fake_quantize_ops"] < q_all["fake_quantize_ops"]
+    graph = Graph.read(tiny_onnx)
+    import openvino as ov
+
+    ov_model = ov.Core().read_model(str(tiny_onnx))
+    names = ovb.float_op_names(ov_model, graph, ("depthwise",))
+    assert sorted(n.removesuffix("/WithoutBiases") for n in names) == sorted(depthwise)
+    with pytest.raises(DeployzooError, match="unknown float groups \\['necks'\\]"):
+        ovb.float_op_names(ov_model, graph, ("necks",))
 
 
 def test_refusals_are_one_line(tiny_onnx, ov_fp32, tmp_path):

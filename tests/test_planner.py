@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from dataclasses import replace as dc_replace
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,8 @@ from conftest import FIXTURES, MNET_WEIGHTS, need_fixture, run_cli
 from deployzoo.errors import DeployzooError
 from deployzoo.export import export_onnx
 from deployzoo.quant.calib import make_calib_set
-from deployzoo.quant.planner import plan_int8, plan_table, split_calibration
+from deployzoo.quant.planner import plan_int8, split_calibration
+from deployzoo.report import int8_plan_table
 from deployzoo.request import BuildRequest, Calibration, Graph
 
 COCO = FIXTURES / "coco128" / "images"
@@ -56,8 +58,30 @@ def test_plan_keeps_the_fastest_mix_within_the_drop_and_records_every_trial(mnet
     assert chosen[0]["ips"] == max(t["ips"] for t in trials if t["drop"] <= 5.0)
     assert eng.manifest["quantization"]["float_groups"] == chosen[0]["float_groups"]  # the engine is that mix
     assert plan["beats_fp32"] == (chosen[0]["vs_fp32"] > 1.0) and plan["verdict"].startswith("int8 plan: float [")
-    assert "| yes |" in plan_table(plan)
+    assert "| yes |" in int8_plan_table(plan)
+    assert plan["timing_rounds"] == 3 and all(t["ips"] > 0 for t in trials)
+    assert "int8_plan.png" in eng.manifest["files"] and (eng.dir / "int8_plan.png").stat().st_size > 10_000
     assert not list(tmp_path.glob(".e.plan*"))  # the trial engines are removed
+
+
+@need_fixture(MNET_WEIGHTS)
+@need_fixture(COCO)
+@pytest.mark.skipif(not (importlib.util.find_spec("openvino") and importlib.util.find_spec("nncf")),
+                    reason="openvino / nncf not installed")
+def test_openvino_is_planned_through_nncf_ignored_scope(mnet320, tmp_path):
+    graph = Graph.read(mnet320)
+    req = BuildRequest.for_graph(graph, backend="openvino", precision="int8",
+                                 calibration=Calibration(COCO, 32, "minmax"))
+    assert req.recipe.float_groups == ()  # the registry's float groups are ORT's; OpenVINO starts from none
+    eng = plan_int8(graph, tmp_path / "e", req, max_drop=100.0)
+    plan, q = eng.manifest["int8_plan"], eng.manifest["quantization"]
+    trials = {tuple(t["float_groups"]): t for t in plan["trials"]}
+    # the sensitivity singles and the model's (ORT) recipe as a starting point
+    assert {("first_conv",), ("depthwise",), ("heads",)} <= set(trials)
+    assert any(t["why"] == "the model's recipe" for t in plan["trials"])
+    chosen = next(t for t in plan["trials"] if t["chosen"])
+    assert chosen["ips"] == max(t["ips"] for t in plan["trials"])  # everything is within 100 points
+    assert q["float_groups"] == chosen["float_groups"] and eng.manifest["backend"] == "openvino"
 
 
 @need_fixture(MB_WEIGHTS)
@@ -78,7 +102,7 @@ def test_no_mix_within_the_drop_writes_nothing_and_names_the_closest(tmp_path, c
     assert not (tmp_path / "e").exists() and not list(tmp_path.glob(".e.plan*"))
 
 
-def test_refusals_are_one_line(tiny_onnx, image_dir, tmp_path):
+def test_refusals_are_one_line(tiny_onnx, image_dir, tmp_path, monkeypatch):
     graph = Graph.read(tiny_onnx)
     cal = Calibration(image_dir, 4, "minmax")
     with pytest.raises(DeployzooError, match="--max-drop plans int8 builds \\(this one is fp32\\)"):
@@ -86,9 +110,15 @@ def test_refusals_are_one_line(tiny_onnx, image_dir, tmp_path):
     with pytest.raises(DeployzooError, match="--max-drop -1: expected points >= 0"):
         plan_int8(graph, tmp_path / "a", BuildRequest.for_graph(graph, precision="int8", calibration=cal), -1)
     if importlib.util.find_spec("openvino") and importlib.util.find_spec("nncf"):
-        with pytest.raises(DeployzooError, match="backend openvino builds int8 its own way"):
+        # every int8 backend here can be planned; one whose int8 cannot keep layer groups float is refused
+        from deployzoo.backends.openvino import OpenVinoBackend
+
+        monkeypatch.setattr(OpenVinoBackend, "capabilities",
+                            dc_replace(OpenVinoBackend.capabilities, int8_float_groups=False))
+        with pytest.raises(DeployzooError, match="backend openvino builds int8 its own way \\(plan with --backend ort\\)"):
             plan_int8(graph, tmp_path / "a", BuildRequest.for_graph(graph, backend="openvino", precision="int8",
                                                                       calibration=cal), 0.5)
+        monkeypatch.undo()
     with pytest.raises(DeployzooError, match="needs at least 8 calibration images"):
         plan_int8(graph, tmp_path / "a", BuildRequest.for_graph(graph, precision="int8", calibration=cal), 0.5)
     (tmp_path / "file").write_text("x")
@@ -116,3 +146,40 @@ def test_cli_prints_the_plan(mnet320, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| float groups | why tried | drop (points) | img/s | x fp32 | chosen |" in out and "int8 plan:" in out
     assert "int8_plan" in json.loads((tmp_path / "e" / "manifest.json").read_text())
+
+
+@pytest.mark.slow
+def test_run_plans_int8_on_every_backend_that_can_and_reports_the_mixes(tmp_path):
+    """`run --max-drop`: the int8 engine of the run's backend and of each peer that plans int8 is the planner's
+    choice; report.md shows each plan's table and plot, report.json the plans."""
+    peers = ["openvino"] if importlib.util.find_spec("openvino") and importlib.util.find_spec("nncf") else []
+    out = tmp_path / "run"
+    run_cli(["run", "mobilenetv1", "--data", "demo", "--demo-images", "8", "--precisions", "fp32,int8",
+             "--batches", "1", "--iters", "2", "--warmup", "1", "--no-reference", "--max-drop", "100",
+             *(["--peers", ",".join(peers)] if peers else []), "-o", str(out)])
+    rep = json.loads((out / "report.json").read_text())
+    md = (out / "report.md").read_text()
+    assert set(rep["int8_plans"]) == {"ort", *peers}
+    for backend, plan in rep["int8_plans"].items():
+        assert plan["max_drop"] == 100 and sum(t["chosen"] for t in plan["trials"]) == 1
+        assert f"## int8 plan ({backend}, --max-drop 100.0)" in md and f"]({plan['plot']})" in md
+        assert (out / plan["plot"]).stat().st_size > 10_000
+    assert md.count("| float groups | why tried | drop (points) | img/s | x fp32 | chosen |") == len(rep["int8_plans"])
+    # the accuracy pass used the planned engine
+    assert "int8_plan" in json.loads((Path(rep["engines"]["int8"]) / "manifest.json").read_text())
+    with pytest.raises(SystemExit):
+        from deployzoo.cli import main
+
+        main(["run", "mobilenetv1", "--precisions", "fp32", "--max-drop", "1", "-o", str(tmp_path / "r2")])
+
+
+def test_float_groups_are_checked_in_one_line():
+    from deployzoo.request import parse_float_groups
+
+    assert parse_float_groups("first_conv, early:3") == ("first_conv", "early:3")
+    assert parse_float_groups("none") == () and parse_float_groups(("heads",)) == ("heads",)
+    with pytest.raises(DeployzooError, match="--float-groups necks: unknown group 'necks' \\(choose from first_conv, "
+                                             "depthwise, heads, early:N, outside:PREFIX, or none\\)"):
+        parse_float_groups("necks")
+    with pytest.raises(DeployzooError, match="unknown group 'early:x'"):
+        BuildRequest.create("mobilenetv1", float_groups=("early:x",))

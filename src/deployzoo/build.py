@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from deployzoo.checkpoint import file_sha256
 from deployzoo.engine import (FORMAT, MANIFEST, RANDOM_WEIGHTS_WARNING, Engine, is_engine_dir, now_iso, post_problem,
@@ -20,10 +20,11 @@ log = logging.getLogger(__name__)
 
 
 def build(graph: Graph | str | Path, out_dir: str | Path, request: BuildRequest,
-          extra_manifest: dict[str, Any] | None = None) -> Engine:
+          extra_manifest: dict[str, Any] | None = None, extra_files: Callable[[Path], Any] | None = None) -> Engine:
     """Build `request` from the exported `graph` into `out_dir` (written whole or not at all) and return the
     engine. The request's model, variant, size and batch must be the graph's (BuildRequest.for_graph).
-    `extra_manifest`: entries recorded beside the build's own (the int8 planner's trials)."""
+    `extra_manifest`: entries recorded beside the build's own (the int8 planner's trials); `extra_files` writes
+    side files into the directory being built (the planner's plot), recorded with the others."""
     out_dir = Path(out_dir)
     check_output_dir(out_dir, is_engine_dir, "deployzoo engine directory")
     g = graph if isinstance(graph, Graph) else Graph.read(graph)
@@ -67,6 +68,8 @@ def build(graph: Graph | str | Path, out_dir: str | Path, request: BuildRequest,
             **info,
             **(extra_manifest or {}),
         }
+        if extra_files is not None:
+            extra_files(tmp)
         manifest["files"] = record_files(tmp)
         validate_manifest(manifest, tmp / MANIFEST)
         write_json(tmp / MANIFEST, manifest)

@@ -19,7 +19,7 @@ from deployzoo.errors import DeployzooError
 from deployzoo.export import export_onnx
 from deployzoo.files import write_json
 from deployzoo.registry import canonical_precision, get_model, get_task
-from deployzoo.request import BuildRequest, Calibration
+from deployzoo.request import BuildRequest, Calibration, Graph
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +54,12 @@ class StageCache:
         return value
 
 
-def cached_engine(request: BuildRequest, cache_dir: str | Path | None = None) -> Engine:
+def cached_engine(request: BuildRequest, cache_dir: str | Path | None = None,
+                  max_drop: float | None = None) -> Engine:
     """Export (if needed) and build (if needed) the engine of `request` under the cache; return it. The graph is
     keyed on what it depends on (model, variant, weights' sha256, size, batch), the engine on the request's whole
-    identity (backend, precision, calibration file list, recipe, options)."""
+    identity (backend, precision, calibration file list, recipe, options). `max_drop`: an int8 engine planned by
+    quant/planner.py (the fastest mix within that drop, timed on this machine), keyed on the drop too."""
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     wid = {"sha256": file_sha256(request.weights)} if request.weights else {"random_seed": request.seed}
     name = f"{request.model}-{request.variant}"
@@ -70,6 +72,8 @@ def cached_engine(request: BuildRequest, cache_dir: str | Path | None = None) ->
     if request.needs_calibration:  # the engine's identity includes the calibration images' file list
         request = replace(request, calibration=request.calibration.resolve(get_task(get_model(request.model).task)))
     eng_id = request.engine_identity(wid, __version__)
+    if max_drop is not None:
+        eng_id = {**eng_id, "int8_plan_max_drop": max_drop}
     eng = cache / "engines" / f"{name}-{request.backend}-{request.precision}-{content_key(eng_id)[:16]}"
     if (eng / MANIFEST).is_file():
         try:
@@ -78,6 +82,11 @@ def cached_engine(request: BuildRequest, cache_dir: str | Path | None = None) ->
             return engine
         except DeployzooError as exc:  # an engine of an older format, or damaged: build it again
             log.warning("cached engine not usable (%s); building it again", exc)
+    if max_drop is not None:
+        from deployzoo.quant.planner import plan_int8
+
+        log.info("planning %s %s int8 within %s points -> %s", request.model, request.backend, max_drop, eng)
+        return plan_int8(Graph.read(onnx_path), eng, request, max_drop)
     log.info("building %s %s %s -> %s", request.model, request.backend, request.precision, eng)
     return build(onnx_path, eng, request)
 

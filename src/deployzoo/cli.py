@@ -137,7 +137,8 @@ def export(
 
 
 @app.command()
-@request_options("backend", "precision", "calib", "calib_size", "calib_method", "device", *_BUILD_OPTIONS)
+@request_options("backend", "precision", "calib", "calib_size", "calib_method", "float_groups", "device",
+                 *_BUILD_OPTIONS)
 def build(
     onnx_path: Path = typer.Argument(..., help="ONNX file from `deployzoo export`."),
     output: Path = typer.Option(..., "-o", "--output", help="Engine directory to write."),
@@ -160,10 +161,11 @@ def build(
         request = BuildRequest.for_graph(graph, **request_kwargs(req),
                                          post={"conf": conf, "iou": iou, "max_det": max_det, "top_k": top_k})
         if max_drop is not None:
-            from deployzoo.quant.planner import plan_int8, plan_table
+            from deployzoo.quant.planner import plan_int8
+            from deployzoo.report import int8_plan_table
 
             eng = plan_int8(graph, output, request, max_drop)
-            typer.echo(plan_table(eng.manifest["int8_plan"]))
+            typer.echo(int8_plan_table(eng.manifest["int8_plan"]))
             typer.echo(eng.manifest["int8_plan"]["verdict"])
         else:
             eng = build_request(graph, output, request)
@@ -173,7 +175,7 @@ def build(
 @app.command()
 @request_options(*_BUILD_OPTIONS)
 @request_options("variant", "weights", "backend", "precision", "imgsz", "calib", "calib_size", "calib_method",
-                 prefix="(model name) ")
+                 "float_groups", prefix="(model name) ")
 def predict(
     engine: str = typer.Argument(..., help="Engine directory, or a model name to build (cached) and run."),
     source: Path = typer.Option(..., help="Image DIR, FILE, LIST (.txt) or WIDER FACE root; for arcface also an IJB-C "
@@ -389,7 +391,8 @@ def bench(
 
 
 @app.command()
-@request_options("variant", "weights", "imgsz", "calib", "calib_size", "calib_method", "backend", *_BUILD_OPTIONS,
+@request_options("variant", "weights", "imgsz", "calib", "calib_size", "calib_method", "float_groups", "backend",
+                 *_BUILD_OPTIONS,
                  helps={"weights": "Checkpoint; none = random init (accuracy not meaningful).",
                         "calib": "int8 calibration images (default: demo's calib split).",
                         "imgsz": "'origin' (official WIDER protocol) or 'H W' (default: the model's).",
@@ -417,6 +420,9 @@ def run(
     threads: Optional[int] = typer.Option(None),
     demo_images: Optional[int] = typer.Option(None, help="Images in the generated demo dataset (default: the "
                                               "task's, 24; Mask R-CNN 8)."),
+    max_drop: Optional[float] = typer.Option(None, "--max-drop", help="int8: planned on the backend and each peer "
+                                             "that can (the fastest mix of int8 and float layer groups within this "
+                                             "many points of fp32 on held-out calibration images; see build)."),
     req: dict = None,  # request_options' values
 ) -> None:
     """Export, build per precision, predict + eval, bench per batch; write RUN_DIR/report.md + report.json."""
@@ -430,7 +436,7 @@ def run(
         predict_batch=predict_batch, data=data, gt=gt, reference=reference,
         peers=tuple(b.strip().lower() for b in peers.split(",") if b.strip()),
         bench_imgsz=bench_imgsz, iters=iters,
-        warmup=warmup, threads=threads, demo_images=demo_images, device=device, build_options=opts,
+        warmup=warmup, threads=threads, demo_images=demo_images, device=device, build_options=opts, max_drop=max_drop,
         **{k: v for k, v in req.items() if k not in _BUILD_OPTIONS},
     )
     with _on_interrupt(lambda: f"every finished stage is kept in {output} (engines, predictions, scores, benchmark "

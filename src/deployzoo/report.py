@@ -140,10 +140,18 @@ def plot_throughput(rows: list[dict[str, Any]], path: str | Path) -> Path:
     return save_figure(fig, path)
 
 
+def int8_plan_table(plan: dict[str, Any]) -> str:
+    """The int8 planner's tried mixes (an engine manifest's `int8_plan`) as a markdown table."""
+    rows = [[", ".join(t["float_groups"]) or "(none: all int8)", t["why"], f"{t['drop']:.2f}", f"{t['ips']:.1f}",
+             f"{t['vs_fp32']:.2f}", "yes" if t["chosen"] else ""] for t in plan["trials"]]
+    return md_table(["float groups", "why tried", "drop (points)", "img/s", "x fp32", "chosen"], rows)
+
+
 def run_markdown(*, title: str, warnings: list[str], data: Any, settings: str, accuracy_rows: list[list[Any]],
                  calibration: dict[str, Any] | None, stage_rows: list[list[Any]], bench_rows: list[dict[str, Any]],
                  precisions: Sequence[str], iters: int, warmup: int, threads: int | None, machine: dict[str, Any],
-                 versions: dict[str, str], created: str, stages: Sequence[str]) -> str:
+                 versions: dict[str, str], created: str, stages: Sequence[str],
+                 int8_plans: dict[str, dict[str, Any]] | None = None) -> str:
     """report.md of `deployzoo run`: accuracy per precision, end-to-end stage times (`stages`: the pipeline's
     stage names, the columns of stage_rows), engine throughput, machine."""
     md = [f"# deployzoo run: {title}", ""]
@@ -177,6 +185,13 @@ def run_markdown(*, title: str, warnings: list[str], data: Any, settings: str, a
         "Plots: " + "".join(f"[{data.plot_name} {p}]({data.plot_name.lower()}_{p}.png), " for p in precisions
                             if data.plot_name) + "[throughput](throughput.png)", "",
     ]
+    for backend, plan in (int8_plans or {}).items():
+        md += [f"## int8 plan ({backend}, --max-drop {plan['max_drop']})",
+               f"Drop = {plan['metric']} on {plan['held_out_images']} held-out calibration images (never calibrated "
+               f"on; the engine is calibrated on the other {plan['calibration_images']}). Speed: engine-only img/s "
+               f"at batch {plan['batch']}, median of {plan.get('timing_rounds', 1)} interleaved rounds; fp32 "
+               f"{plan['fp32_ips']:.1f} img/s.", "", int8_plan_table(plan), "", plan["verdict"] + ".",
+               *(["", f"![speed vs drop]({plan['plot']})"] if plan.get("plot") else []), ""]
     md += [f"Machine: {machine['cpu']}, {machine['affinity_cores']} cores, {machine['memory_gib']} GiB. Versions: "
            + ", ".join(f"{k} {v}" for k, v in versions.items() if k != "platform") + f". Created {created}."]
     return "\n".join(md) + "\n"

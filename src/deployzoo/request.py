@@ -80,7 +80,10 @@ class Recipe:
     fp16 the op types kept fp32 and the module scopes that alone run fp16. Defaults come from the model's registry
     entry (ModelSpec.int8_recipe, fp16_keep_ops, fp16_scope); a request may replace any part."""
 
-    float_groups: tuple[str, ...] = ()
+    float_groups: tuple[str, ...] = field(default=(), metadata=_cli(
+        "--float-groups", help="int8: layer groups kept float, comma-separated (first_conv, depthwise, heads, "
+                               "early:N, outside:PREFIX) or none (default: the model's recipe on ort, none on "
+                               "openvino; build --max-drop chooses them by measurement)."))
     op_types: tuple[str, ...] = ("Conv",)
     exclude_output_ops: tuple[str, ...] = ()
     reduce_range: bool = True
@@ -165,7 +168,8 @@ class BuildRequest:
                float_groups: tuple[str, ...] | None = None, post: Mapping[str, Any] | None = None,
                seed: int = 0) -> BuildRequest:
         """The request normalised: names checked and made canonical, the backend's capabilities enforced, the
-        recipe from the registry unless given (`float_groups` replaces only its int8 float groups)."""
+        recipe from the registry unless given (`float_groups` replaces only its int8 float groups; the registry's
+        float groups are ORT's, a backend that only takes float groups for int8 starts from none)."""
         from deployzoo.export import parse_imgsz
         from deployzoo.registry import backend_names, canonical_precision, get_backend, get_model
 
@@ -190,9 +194,12 @@ class BuildRequest:
             raise DeployzooError(f"backend {backend}: build option{'s' if many else ''} {', '.join(foreign)} "
                                  f"appl{'y' if many else 'ies'} only to the backends that take "
                                  f"{'them' if many else 'it'} ({', '.join(takers) or 'none'})")
-        recipe = recipe or Recipe.for_model(spec, variant)
+        if recipe is None:
+            recipe = Recipe.for_model(spec, variant)
+            if not caps.uses_recipe:  # the registry's float groups were tuned for ORT; others start from none
+                recipe = replace(recipe, float_groups=())
         if float_groups is not None:
-            recipe = replace(recipe, float_groups=tuple(float_groups))
+            recipe = replace(recipe, float_groups=parse_float_groups(float_groups))
         calib = calibration
         if calib is not None and not isinstance(calib, Calibration):  # a CalibSet made by the caller
             calib = Calibration.of_set(calib)
@@ -223,17 +230,18 @@ class BuildRequest:
     def engine_identity(self, weights_id: Any, version: str) -> dict[str, Any]:
         """What the engine depends on: the graph, backend, precision, calibration file list, recipe, options."""
         cs = self.calibration.images if self.calibration is not None and self.needs_calibration else None
-        low = self.precision != "fp32" and self.backend_uses_recipe()
+        caps = self._caps()
+        low = (self.precision != "fp32" and caps.uses_recipe) or (self.precision == "int8" and caps.int8_float_groups)
         return {**self.graph_identity(weights_id, version), "backend": self.backend, "precision": self.precision,
                 "calib": cs.describe() if cs is not None else None,
                 **({"recipe": self.recipe.to_dict()} if low else {}),
                 **({"options": self.options.set()} if self.options.set() else {}),
                 **({"post": dict(self.post)} if self.post else {})}
 
-    def backend_uses_recipe(self) -> bool:
+    def _caps(self) -> Any:
         from deployzoo.registry import get_backend
 
-        return get_backend(self.backend).capabilities.uses_recipe
+        return get_backend(self.backend).capabilities
 
 
 # ---------------------------------------------------------------------------------------------------- the graph
@@ -272,9 +280,10 @@ class Graph:
 # ---------------------------------------------------------------------------------------------------- CLI options
 def cli_fields() -> dict[str, tuple[type, str, Cli]]:
     """CLI name -> (owning dataclass, field name, Cli) for every request field that is a command-line option:
-    the request's own, calibration's (calib, calib_size, calib_method) and the build options."""
+    the request's own, calibration's (calib, calib_size, calib_method), the build options and the recipe's
+    float groups."""
     out: dict[str, tuple[type, str, Cli]] = {}
-    for owner, prefix in ((BuildRequest, ""), (Calibration, "calib_"), (BuildOptions, "")):
+    for owner, prefix in ((BuildRequest, ""), (Calibration, "calib_"), (BuildOptions, ""), (Recipe, "")):
         for f in fields(owner):
             cli = f.metadata.get("cli")
             if cli is None:
@@ -323,6 +332,22 @@ def request_options(*names: str, prefix: str = "", defaults: Mapping[str, Any] |
     return deco
 
 
+def parse_float_groups(text: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """`--float-groups first_conv,depthwise` -> the groups, checked; `none` (or empty) -> () (all int8)."""
+    from deployzoo.quant.recipes import FLOAT_GROUPS
+
+    parts = text.split(",") if isinstance(text, str) else list(text)
+    groups = tuple(g.strip() for g in parts if g.strip() and g.strip().lower() != "none")
+    text = ",".join(parts)
+    for g in groups:
+        kind, _, arg = g.partition(":")
+        ok = g in FLOAT_GROUPS or (kind == "early" and arg.isdigit() and int(arg) > 0) or (kind == "outside" and arg)
+        if not ok:
+            raise DeployzooError(f"--float-groups {text}: unknown group {g!r} (choose from {', '.join(FLOAT_GROUPS)}, "
+                                 "early:N, outside:PREFIX, or none)")
+    return groups
+
+
 def request_kwargs(args: Mapping[str, Any]) -> dict[str, Any]:
     """BuildRequest.create's keywords from the options `request_options` collected: calib / calib_size /
     calib_method become a Calibration, the build options one `options` mapping."""
@@ -332,6 +357,10 @@ def request_kwargs(args: Mapping[str, Any]) -> dict[str, Any]:
     opts = {k: kw.pop(k) for k in [f.name for f in fields(BuildOptions)] if k in kw}
     if calib is not None:
         kw["calibration"] = Calibration(Path(calib), size, method)
+    if kw.get("float_groups") is not None:
+        kw["float_groups"] = parse_float_groups(kw["float_groups"])
+    else:
+        kw.pop("float_groups", None)
     if any(v is not None for v in opts.values()):
         kw["options"] = opts
     return kw

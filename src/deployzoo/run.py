@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,9 @@ from deployzoo.export import parse_imgsz
 from deployzoo.pipeline import STAGES
 from deployzoo.predict import SUMMARY_FILE, predict
 from deployzoo.quant.calib import make_calib_set
+from deployzoo.quant.planner import PLOT_FILE
 from deployzoo.registry import backend_capabilities, get_model, get_suite, get_task
-from deployzoo.request import BuildRequest
+from deployzoo.request import BuildRequest, parse_float_groups
 from deployzoo.report import plot_throughput, run_markdown
 from deployzoo.tasks.base import task_source
 
@@ -52,6 +54,8 @@ class RunConfig:
     predict_batch: int | None = None  # None: the model's default
     device: str | None = None  # cpu | cuda | cuda:N; None: cuda if present
     build_options: dict[str, Any] = field(default_factory=dict)  # torch / aoti build options (torch_common)
+    float_groups: str | tuple[str, ...] | None = None  # int8: layer groups kept float (None: the backend's default)
+    max_drop: float | None = None  # int8 planned (quant/planner.py) within this drop on every backend that can
 
 
 @dataclass
@@ -106,11 +110,15 @@ class RunPlan:
         return BuildRequest.create(self.spec.name, variant=self.variant, weights=self.cfg.weights, backend=backend,
                                    precision=precision, imgsz=self.imgsz, batch=None,
                                    calibration=self.calib_set if precision == "int8" else None,
-                                   options=self.options(backend))
+                                   options=self.options(backend), float_groups=self.cfg.float_groups)
+
+    def planned(self, backend: str, precision: str) -> bool:
+        return precision == "int8" and self.cfg.max_drop is not None and backend_capabilities(backend).plans_int8
 
     def engine(self, backend: str, precision: str) -> Engine:
-        """The cached (else exported and built) engine of this run's model at `precision`."""
-        return cached_engine(self.request(backend, precision), self.out / "cache")
+        """The cached (else exported and built; int8 planned with cfg.max_drop) engine of this run's model."""
+        return cached_engine(self.request(backend, precision), self.out / "cache",
+                             max_drop=self.cfg.max_drop if self.planned(backend, precision) else None)
 
 
 def plan_run(cfg: RunConfig) -> RunPlan:
@@ -132,6 +140,15 @@ def plan_run(cfg: RunConfig) -> RunPlan:
         if not any(p in peer_caps.precisions for p in cfg.precisions):
             raise DeployzooError(f"--peers {b}: it builds none of --precisions {','.join(cfg.precisions)} "
                                  f"(it builds {', '.join(peer_caps.precisions)})")
+    if cfg.max_drop is not None:
+        if "int8" not in cfg.precisions:
+            raise DeployzooError(f"--max-drop plans int8 engines: add int8 to --precisions {','.join(cfg.precisions)}")
+        if not caps.plans_int8:
+            raise DeployzooError(f"--max-drop: backend {cfg.backend} cannot keep layer groups of its int8 float")
+        if not (cfg.max_drop >= 0 and math.isfinite(cfg.max_drop)):
+            raise DeployzooError(f"--max-drop {cfg.max_drop}: expected points >= 0 (e.g. 0.5)")
+    if cfg.float_groups is not None:
+        parse_float_groups(cfg.float_groups)  # a bad group is one line before any work
     task = get_task(spec.task)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -232,6 +249,21 @@ def bench_stage(plan: RunPlan, engines: dict[str, Engine]) -> list[dict[str, Any
     return rows
 
 
+def int8_plans(plan: RunPlan) -> dict[str, dict[str, Any]]:
+    """backend -> the int8 plan of its engine (cfg.max_drop), its plot copied into the run directory."""
+    out: dict[str, dict[str, Any]] = {}
+    for b in dict.fromkeys((plan.cfg.backend, *plan.cfg.peers)):
+        if not plan.planned(b, "int8"):
+            continue
+        e = plan.engine(b, "int8")  # built already by the accuracy or bench stage
+        out[b] = dict(e.manifest["int8_plan"])
+        png = e.dir / PLOT_FILE
+        if png.is_file():
+            out[b]["plot"] = f"int8_plan_{b}.png"
+            shutil.copyfile(png, plan.out / out[b]["plot"])
+    return out
+
+
 def run_pipeline(cfg: RunConfig) -> RunReport:
     """export -> build -> predict + eval -> bench -> report; each stage's result kept under cfg.out_dir."""
     plan = plan_run(cfg)
@@ -239,18 +271,19 @@ def run_pipeline(cfg: RunConfig) -> RunReport:
     bench_rows = bench_stage(plan, acc.engines)
     plot_throughput(bench_rows, plan.out / "throughput.png")
     post = dict(acc.engines[cfg.precisions[0]].post)
+    plans = int8_plans(plan)
     mach, ver = machine(), versions()
     text = run_markdown(
         title=f"{plan.spec.name} {plan.variant}", warnings=plan.warnings, data=plan.data,
         settings=plan.data.settings(plan.imgsz, post), accuracy_rows=acc.rows,
         calibration=plan.calib_set.describe() if plan.calib_set is not None else None, stage_rows=acc.stage_rows,
         bench_rows=bench_rows, precisions=cfg.precisions, iters=cfg.iters, warmup=cfg.warmup, threads=cfg.threads,
-        machine=mach, versions=ver, created=now_iso(), stages=STAGES)
+        machine=mach, versions=ver, created=now_iso(), stages=STAGES, int8_plans=plans)
     report = {
         "model": plan.spec.name, "variant": plan.variant, "weights": str(cfg.weights) if cfg.weights else None,
         "warnings": plan.warnings, "data": plan.data.name, "imgsz": plan.imgsz, "postprocess": post,
         "calibration": plan.calib_set.describe() if plan.calib_set else None,
-        "accuracy": acc.accuracy, "bench": bench_rows, "engines": {k: str(v.dir) for k, v in acc.engines.items()},
+        "accuracy": acc.accuracy, "bench": bench_rows, "int8_plans": plans, "engines": {k: str(v.dir) for k, v in acc.engines.items()},
         "machine": mach, "versions": ver, "created": now_iso(),
     }
     write_json(plan.out / "report.json", report)

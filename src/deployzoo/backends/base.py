@@ -5,7 +5,7 @@ A backend is one file in this package plus one line in registry._BACKENDS; nothi
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
@@ -29,7 +29,11 @@ class Capabilities:
     - `device_pipeline`: its runners take torch tensors on their device (TensorRunner), so predict can decode,
       pre- and post-process there;
     - `uses_recipe`: its low-precision builds follow the request's Recipe (float groups, op types kept fp32);
-    - `requires`: the Python packages it needs (BuildRequest.create names the missing ones in one line).
+    - `int8_float_groups`: its int8 builds keep the recipe's float groups float and quantize only its op types
+      (implied by uses_recipe; OpenVINO maps them to NNCF's ignored scope), so the int8 planner can vary them;
+    - `requires`: the Python packages it needs (BuildRequest.create names the missing ones in one line);
+    - `machine_problem`: precision -> why this machine cannot run it (None: it can), for what depends on the CPU
+      (OpenVINO runs an fp16 request as bf16 on a CPU without fp16 and says nothing).
     """
 
     precisions: tuple[str, ...]
@@ -37,8 +41,10 @@ class Capabilities:
     options: tuple[str, ...] = ()
     device_pipeline: bool = False
     uses_recipe: bool = False
+    int8_float_groups: bool = False
     refused: Mapping[str, str] = field(default_factory=dict)
     requires: tuple[str, ...] = ()
+    machine_problem: Callable[[str], str | None] | None = None
 
     def missing(self) -> list[str]:
         """The required packages that are not installed."""
@@ -47,13 +53,14 @@ class Capabilities:
         return [m for m in self.requires if importlib.util.find_spec(m) is None]
 
     @property
-    def takes_options(self) -> bool:
-        return bool(self.options)
+    def plans_int8(self) -> bool:
+        """The int8 planner can vary which layer groups of its int8 builds stay float."""
+        return "int8" in self.precisions and (self.uses_recipe or self.int8_float_groups)
 
     def precision_problem(self, backend: str, precision: str) -> str | None:
         """None if `precision` builds here, else the one line that says why not."""
         if precision in self.precisions:
-            return None
+            return self.machine_problem(precision) if self.machine_problem and not self.missing() else None
         return self.refused.get(precision) or (f"backend {backend}: precision {precision} not supported here "
                                                f"(choose {', '.join(self.precisions)})")
 

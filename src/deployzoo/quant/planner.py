@@ -10,14 +10,17 @@ stays within a stated drop, measured on this machine.
    keeping it float wins back), then the most sensitive groups kept float together, one more at a time, until a
    mix is within the drop; and the model's own recipe (its registry entry) as a starting point;
 4. the drop of a trial is 100 x (1 - the task's agreement with the fp32 records) on the held-out images
-   (Task.agreement: top-1 agreement, AP against fp32's confident detections, embedding cosine, box AP), its speed
-   engine-only img/s at the planning batch;
-5. the fastest trial within the drop is built into `out_dir`, with every trial in its manifest (`int8_plan`). If
-   no trial is within the drop, nothing is written and the error says which came closest; if the chosen mix is not
-   faster than fp32, the manifest and the log say so in one line.
+   (Task.agreement: top-1 agreement, AP against fp32's confident detections, embedding cosine, box AP);
+5. once every trial is built, fp32 and the trials are timed in interleaved rounds (each engine once per round,
+   engine-only img/s at the planning batch; the median round counts), so a slow minute of the machine does not
+   favour the trials built before or after it;
+6. the fastest trial within the drop is built into `out_dir`, with every trial in its manifest (`int8_plan`) and
+   a speed-vs-drop plot (int8_plan.png). If no trial is within the drop, nothing is written and the error says
+   which came closest; if the chosen mix is not faster than fp32, the manifest and the log say so in one line.
 
-Backends whose int8 follows the request's Recipe (Capabilities.uses_recipe) can be planned; the others build
-int8 their own way and are refused in one line.
+Backends whose int8 builds keep a recipe's float groups float (Capabilities.plans_int8: ORT through its recipe,
+OpenVINO through NNCF's ignored scope) can be planned; the others build int8 their own way and are refused in
+one line.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from __future__ import annotations
 import logging
 import math
 import shutil
+import statistics
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -40,13 +44,15 @@ from deployzoo.files import check_output_dir
 from deployzoo.pipeline import StageTimes, load_engine, run_batches
 from deployzoo.quant import recipes
 from deployzoo.quant.calib import CalibSet
-from deployzoo.registry import get_backend, get_task
-from deployzoo.request import BuildRequest, Calibration, Graph
+from deployzoo.registry import backend_names, get_backend, get_model, get_task
+from deployzoo.request import BuildRequest, Calibration, Graph, Recipe
 
 log = logging.getLogger(__name__)
 
 MIN_IMAGES = 8  # a quarter held out: at least 2 images to compare on, 6 to calibrate
 BENCH = dict(iters=10, warmup=2)
+ROUNDS = 3
+PLOT_FILE = "int8_plan.png"
 
 
 @dataclass
@@ -58,10 +64,6 @@ class Trial:
     vs_fp32: float  # ips / fp32's ips
     build_seconds: float
     chosen: bool = False
-
-    def row(self) -> list[Any]:
-        return [", ".join(self.float_groups) or "(none: all int8)", self.why, f"{self.drop:.2f}", f"{self.ips:.1f}",
-                f"{self.vs_fp32:.2f}", "yes" if self.chosen else ""]
 
 
 def split_calibration(cs: CalibSet) -> tuple[CalibSet, CalibSet]:
@@ -85,9 +87,13 @@ def engine_records(engine: Engine, items: list[Any]) -> list[dict[str, Any]]:
     return got  # run_batches yields in source order
 
 
-def speed(engine: Engine, batch: int) -> float:
-    rows = bench_engine(engine.dir, BenchConfig(batches=(batch,), **BENCH))
-    return float(rows[0]["throughput_ips"])
+def speeds(engines: list[Engine], batch: int, rounds: int = ROUNDS) -> list[float]:
+    """Engine-only img/s of each engine: the median of `rounds` interleaved rounds."""
+    got: list[list[float]] = [[] for _ in engines]
+    for _ in range(rounds):
+        for k, eng in enumerate(engines):
+            got[k].append(float(bench_engine(eng.dir, BenchConfig(batches=(batch,), **BENCH))[0]["throughput_ips"]))
+    return [statistics.median(v) for v in got]
 
 
 def available_groups(graph: Graph, recipe_groups: tuple[str, ...]) -> list[str]:
@@ -110,9 +116,10 @@ def plan_int8(graph: Graph, out_dir: str | Path, request: BuildRequest, max_drop
     if not (max_drop >= 0 and math.isfinite(max_drop)):
         raise DeployzooError(f"--max-drop {max_drop}: expected points >= 0 (e.g. 0.5)")
     caps = get_backend(request.backend).capabilities
-    if not caps.uses_recipe:
-        raise DeployzooError(f"--max-drop: the int8 planner varies the float groups of the recipe; backend "
-                             f"{request.backend} builds int8 its own way (plan with --backend ort)")
+    if not caps.plans_int8:
+        can = [b for b in backend_names() if get_backend(b).capabilities.plans_int8]
+        raise DeployzooError(f"--max-drop: the int8 planner varies which layer groups stay float; backend "
+                             f"{request.backend} builds int8 its own way (plan with --backend {' or '.join(can)})")
     task = get_task(graph.task)
     calib = request.calibration.resolve(task)
     cal, held = split_calibration(calib.images)
@@ -127,8 +134,8 @@ def plan_int8(graph: Graph, out_dir: str | Path, request: BuildRequest, max_drop
             raise DeployzooError(f"{calib.images.root}: the fp32 engine finds nothing to compare on the "
                                  f"{len(held.items)} held-out calibration images (no confident detection); give "
                                  "calibration images with the objects the model detects")
-        base = speed(fp32, batch)
         trials: list[Trial] = []
+        built: list[Engine] = []
 
         def trial(groups: tuple[str, ...], why: str) -> Trial:
             for t in trials:
@@ -141,14 +148,14 @@ def plan_int8(graph: Graph, out_dir: str | Path, request: BuildRequest, max_drop
             secs = time.perf_counter() - t0
             agree = task.agreement(ref, engine_records(eng, held.items))
             drop = 100.0 * (1.0 - agree) if not math.isnan(agree) else 100.0
-            ips = speed(eng, batch)
-            t = Trial(tuple(groups), why, drop, ips, ips / base, round(secs, 2))
+            t = Trial(tuple(groups), why, drop, math.nan, math.nan, round(secs, 2))
             trials.append(t)
-            log.info("int8 plan: float [%s] drop %.2f, %.1f img/s (x%.2f fp32)", ", ".join(groups), drop, ips,
-                     t.vs_fp32)
+            built.append(eng)
+            log.info("int8 plan: float [%s] drop %.2f", ", ".join(groups), drop)
             return t
 
-        groups = available_groups(graph, request.recipe.float_groups)
+        registry = Recipe.for_model(get_model(graph.model), graph.variant).float_groups  # ORT's starting point
+        groups = available_groups(graph, (*request.recipe.float_groups, *registry))
         all8 = trial((), "all int8")
         singles = {g: trial((g,), "one group float (sensitivity)") for g in groups}
         order = sorted(groups, key=lambda g: all8.drop - singles[g].drop, reverse=True)
@@ -156,8 +163,13 @@ def plan_int8(graph: Graph, out_dir: str | Path, request: BuildRequest, max_drop
             for k in range(2, len(order) + 1):
                 if trial(tuple(order[:k]), "most sensitive groups float").drop <= max_drop:
                     break
-        if request.recipe.float_groups:
-            trial(tuple(request.recipe.float_groups), "the model's recipe")
+        for start, why in ((registry, "the model's recipe"), (request.recipe.float_groups, "the request's float groups")):
+            if start:
+                trial(tuple(start), why)
+        log.info("int8 plan: timing fp32 and %d trials in %d interleaved rounds", len(trials), ROUNDS)
+        base, *ips = speeds([fp32, *built], batch)
+        for t, v in zip(trials, ips):
+            t.ips, t.vs_fp32 = v, v / base
         ok = [t for t in trials if t.drop <= max_drop]
         if not ok:
             best = min(trials, key=lambda t: t.drop)
@@ -175,18 +187,34 @@ def plan_int8(graph: Graph, out_dir: str | Path, request: BuildRequest, max_drop
             log.warning(verdict)
         plan = {"max_drop": max_drop, "metric": f"100 x (1 - {graph.task} agreement with fp32)",
                 "held_out_images": len(held.items), "calibration_images": len(cal.items), "batch": batch,
-                "fp32_ips": base, "beats_fp32": beats, "verdict": verdict,
+                "fp32_ips": base, "timing_rounds": ROUNDS, "beats_fp32": beats, "verdict": verdict,
                 "trials": [asdict(t) | {"float_groups": list(t.float_groups)} for t in trials]}
         final = replace(request, calibration=Calibration.of_set(cal),
                         recipe=replace(request.recipe, float_groups=chosen.float_groups))
-        return build(graph, out_dir, final, extra_manifest={"int8_plan": plan})
+        return build(graph, out_dir, final, extra_manifest={"int8_plan": plan},
+                     extra_files=lambda d: plot_plan(plan, d / PLOT_FILE))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def plan_table(plan: dict[str, Any]) -> str:
-    """The tried mixes as a markdown table (report / CLI)."""
-    from deployzoo.report import md_table
+def plot_plan(plan: dict[str, Any], path: str | Path) -> Path:
+    """Speed (x fp32) against drop of every tried mix, the allowed drop dashed, the chosen mix ringed."""
+    from deployzoo.report import new_figure, save_figure
 
-    rows = [Trial(**{**t, "float_groups": tuple(t["float_groups"])}).row() for t in plan["trials"]]
-    return md_table(["float groups", "why tried", "drop (points)", "img/s", "x fp32", "chosen"], rows)
+    fig, ax = new_figure((6, 4))
+    ts = plan["trials"]
+    ax.scatter([t["drop"] for t in ts], [t["vs_fp32"] for t in ts], color="tab:blue", zorder=3)
+    for t in ts:
+        ax.annotate(", ".join(t["float_groups"]) or "all int8", (t["drop"], t["vs_fp32"]), fontsize=7,
+                    xytext=(4, 3), textcoords="offset points")
+        if t["chosen"]:
+            ax.scatter([t["drop"]], [t["vs_fp32"]], s=160, facecolors="none", edgecolors="tab:red", zorder=4,
+                       label="chosen")
+    ax.axvline(plan["max_drop"], color="tab:gray", linestyle="--", label=f"max drop {plan['max_drop']}")
+    ax.axhline(1.0, color="tab:gray", linestyle=":", label="fp32 speed")
+    ax.set_xlabel(f"drop (points): {plan['metric']}, {plan['held_out_images']} held-out images")
+    ax.set_ylabel(f"img/s / fp32's ({plan['fp32_ips']:.1f})")
+    ax.set_title("int8 mixes tried: speed vs drop")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return save_figure(fig, path)
