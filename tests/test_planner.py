@@ -99,6 +99,8 @@ def test_no_mix_within_the_drop_writes_nothing_and_names_the_closest(tmp_path, c
     # (measured on 16: 37.5 points at best)
     assert exc.value.code == 2 and len(lines) == 1
     assert "--max-drop 0.0: no int8 mix stays within it on this machine (closest: float [" in lines[0]
+    # top-1 agreement counts images: the line says how coarse 8 held-out images are
+    assert "(one of the 8 held-out images is 12.50 points: more calibration images make the measure finer)" in lines[0]
     assert not (tmp_path / "e").exists() and not list(tmp_path.glob(".e.plan*"))
 
 

@@ -53,6 +53,8 @@ MIN_IMAGES = 8  # a quarter held out: at least 2 images to compare on, 6 to cali
 BENCH = dict(iters=10, warmup=2)
 ROUNDS = 3
 PLOT_FILE = "int8_plan.png"
+# tasks whose agreement counts images (top-1 agreement): one image is 100 / n points of drop
+PER_IMAGE_AGREEMENT = ("classification",)
 
 
 @dataclass
@@ -170,24 +172,28 @@ def plan_int8(graph: Graph, out_dir: str | Path, request: BuildRequest, max_drop
         base, *ips = speeds([fp32, *built], batch)
         for t, v in zip(trials, ips):
             t.ips, t.vs_fp32 = v, v / base
+        step = 100.0 / len(held.items) if graph.task in PER_IMAGE_AGREEMENT else None  # one image's worth
+        coarse = (f" (one of the {len(held.items)} held-out images is {step:.2f} points: more calibration images "
+                  "make the measure finer)") if step and max_drop < step else ""
         ok = [t for t in trials if t.drop <= max_drop]
         if not ok:
             best = min(trials, key=lambda t: t.drop)
             raise DeployzooError(f"--max-drop {max_drop}: no int8 mix stays within it on this machine (closest: float "
-                                 f"[{', '.join(best.float_groups)}], drop {best.drop:.2f}); ship fp32 or allow more")
+                                 f"[{', '.join(best.float_groups)}], drop {best.drop:.2f}){coarse}; ship fp32 or "
+                                 "allow more")
         chosen = max(ok, key=lambda t: t.ips)
         chosen.chosen = True
         beats = chosen.vs_fp32 > 1.0
         verdict = (f"int8 plan: float [{', '.join(chosen.float_groups)}], drop {chosen.drop:.2f} <= {max_drop}, "
                    f"x{chosen.vs_fp32:.2f} fp32's speed" + ("" if beats else
-                                                           " (no int8 mix within the drop beats fp32 here)"))
+                                                           " (no int8 mix within the drop beats fp32 here)") + coarse)
         if beats:
             log.info(verdict)
         else:
             log.warning(verdict)
         plan = {"max_drop": max_drop, "metric": f"100 x (1 - {graph.task} agreement with fp32)",
                 "held_out_images": len(held.items), "calibration_images": len(cal.items), "batch": batch,
-                "fp32_ips": base, "timing_rounds": ROUNDS, "beats_fp32": beats, "verdict": verdict,
+                "fp32_ips": base, "timing_rounds": ROUNDS, "drop_step": step, "beats_fp32": beats, "verdict": verdict,
                 "trials": [asdict(t) | {"float_groups": list(t.float_groups)} for t in trials]}
         final = replace(request, calibration=Calibration.of_set(cal),
                         recipe=replace(request.recipe, float_groups=chosen.float_groups))
