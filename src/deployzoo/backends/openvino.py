@@ -1,13 +1,14 @@
 """OpenVINO backend (CPU): our exported ONNX read by OpenVINO and saved as IR (model.xml + model.bin).
 
 - fp32 forces INFERENCE_PRECISION_HINT f32: on a CPU with bf16 (AVX-512 BF16, AMX) OpenVINO otherwise runs bf16
-  without saying so; bf16 and fp16 are that hint set to bf16 / f16 (the IR keeps fp32 weights);
+  without saying so; bf16 and fp16 are that hint set to bf16 / f16 (the IR keeps fp32 weights), refused in one
+  line on a CPU that lacks them (machine_problem: without FP16 OpenVINO runs an f16 hint as bf16);
 - int8 is NNCF post-training quantization (nncf.quantize, fast bias correction) on the request's calibration
   images, pre-processed by the task as predict does; the parts NNCF leaves float run f32. The request's recipe
   says what stays float: its float groups (quant/recipes.py, e.g. chosen by the int8 planner) become NNCF's
   ignored scope, and MatMuls stay float unless its op types quantize MatMul / Gemm (a classifier's last linear
   layer loses the most for the least time). Activations are quantized asymmetrically (NNCF's MIXED preset, the
-  one it uses for transformers): on MobileNetV1 x0.25 the symmetric default lost 1.2 more top-1 points;
+  one it uses for transformers): on MobileNetV1 x0.25 the symmetric default cost about a top-1 point more;
 - the performance hint is a build option: LATENCY (one stream, the default) or THROUGHPUT (several streams; a
   batch is split into per-image requests run concurrently on an async infer queue when every output is per-image);
 - the manifest records what the compiled model reports back: inference precision, streams, infer requests.

@@ -50,7 +50,7 @@ from deployzoo.request import BuildRequest, Calibration, Graph, Recipe
 log = logging.getLogger(__name__)
 
 MIN_IMAGES = 8  # a quarter held out: at least 2 images to compare on, 6 to calibrate
-BENCH = dict(iters=10, warmup=2)
+BENCH = dict(iters=10, warmup=3, min_seconds=0.5)  # per engine and round: >= 10 iterations and 0.5 s
 ROUNDS = 3
 PLOT_FILE = "int8_plan.png"
 # tasks whose agreement counts images (top-1 agreement): one image is 100 / n points of drop
