@@ -106,7 +106,9 @@ def models() -> None:
     for b in backend_names():
         caps = backend_capabilities(b)
         missing = caps.missing()
-        brows.append([b, ", ".join(caps.precisions), ", ".join(caps.devices),
+        precs = [p + (" (not on this CPU)" if not missing and caps.precision_problem(b, p) else "")
+                 for p in caps.precisions]
+        brows.append([b, ", ".join(precs), ", ".join(caps.devices),
                       ", ".join(f"--{o.replace('_', '-')}" for o in caps.options) or "-",
                       f"missing {', '.join(missing)}" if missing else "ok"])
     typer.echo("\n" + md_table(["backend", "precisions", "devices", "build options", "installed"], brows))
