@@ -89,7 +89,7 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug log
 
 @app.command()
 def models() -> None:
-    """List models, variants, tasks, default input sizes and official weight sources."""
+    """List models, variants, tasks, default input sizes and official weights (file, download URL, sha256)."""
     from deployzoo.registry import backend_capabilities, backend_names, get_model, model_names
     from deployzoo.report import md_table
 
@@ -98,10 +98,13 @@ def models() -> None:
         s = get_model(name)
         for v in s.variants:
             size = s.default_imgsz[v]
+            src = s.weights.get(v)
             rows.append([name, v + (" (default)" if v == s.default_variant else ""), s.task,
                          size if isinstance(size, str) else "x".join(map(str, size)),
-                         "x".join(map(str, s.seed_imgsz.get(v, []))) or "-", s.weights.get(v, "-")])
-    typer.echo(md_table(["model", "variant", "task", "default input", "seed input", "official weights"], rows))
+                         "x".join(map(str, s.seed_imgsz.get(v, []))) or "-", src or "-",
+                         src.download_text() if src else "-", src.hash_text() if src else "-"])
+    typer.echo(md_table(["model", "variant", "task", "default input", "seed input", "official weights",
+                         "download (--weights official)", "sha256"], rows))
     brows = []
     for b in backend_names():
         caps = backend_capabilities(b)
