@@ -117,7 +117,7 @@ def models() -> None:
 
 
 @app.command()
-@request_options("variant", "weights", "imgsz")
+@request_options("variant", "weights", "weights_sha256", "imgsz")
 def export(
     model: str = typer.Argument(..., help="Model name (see `deployzoo models`)."),
     output: Path = typer.Option(..., "-o", "--output", help="ONNX file to write."),
@@ -177,8 +177,8 @@ def build(
 
 @app.command()
 @request_options(*_BUILD_OPTIONS)
-@request_options("variant", "weights", "backend", "precision", "imgsz", "calib", "calib_size", "calib_method",
-                 "float_groups", prefix="(model name) ")
+@request_options("variant", "weights", "weights_sha256", "backend", "precision", "imgsz", "calib", "calib_size",
+                 "calib_method", "float_groups", prefix="(model name) ")
 def predict(
     engine: str = typer.Argument(..., help="Engine directory, or a model name to build (cached) and run."),
     source: Path = typer.Option(..., help="Image DIR, FILE, LIST (.txt) or WIDER FACE root; for arcface also an IJB-C "
@@ -394,9 +394,11 @@ def bench(
 
 
 @app.command()
-@request_options("variant", "weights", "imgsz", "calib", "calib_size", "calib_method", "float_groups", "backend",
-                 *_BUILD_OPTIONS,
-                 helps={"weights": "Checkpoint; none = random init (accuracy not meaningful).",
+@request_options("variant", "weights", "weights_sha256", "imgsz", "calib", "calib_size", "calib_method",
+                 "float_groups", "backend", *_BUILD_OPTIONS,
+                 helps={"weights": "Checkpoint FILE, `official` (the model zoo's published file, downloaded and "
+                                   "hash-checked into the cache) or an http(s) URL; none = random init (accuracy "
+                                   "not meaningful).",
                         "calib": "int8 calibration images (default: demo's calib split).",
                         "imgsz": "'origin' (official WIDER protocol) or 'H W' (default: the model's).",
                         "backend": "Backend of the built engines: ort | openvino | aoti | torch."})
