@@ -108,7 +108,7 @@ def test_input_config_is_timms_pretrained_cfg():
     assert (spec["resize"], spec["crop"], spec["interpolation"], spec["color"]) == (233, 224, "bicubic", "RGB")
     assert spec["mean"] == pytest.approx([123.675, 116.28, 103.53])
     assert spec["std"] == pytest.approx([58.395, 57.12, 57.375])
-    assert volo.TIMM_NAMES["d2_224"] == "volo_d2_224" and "sail-sg" in volo.OFFICIAL_WEIGHTS["d2_224"]
+    assert volo.TIMM_NAMES["d2_224"] == "volo_d2_224" and "sail-sg" in volo.OFFICIAL_WEIGHTS["d2_224"].url
     with pytest.raises(DeployzooError, match="unknown variant 'd9'"):
         volo.build_model("d9")
 

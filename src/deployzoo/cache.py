@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -17,15 +16,11 @@ from deployzoo.checkpoint import file_sha256
 from deployzoo.engine import MANIFEST, Engine
 from deployzoo.errors import DeployzooError
 from deployzoo.export import export_onnx
-from deployzoo.files import write_json
+from deployzoo.files import default_cache_dir, write_json  # noqa: F401 (default_cache_dir re-exported)
 from deployzoo.registry import canonical_precision, get_model, get_task
 from deployzoo.request import BuildRequest, Calibration, Graph
 
 log = logging.getLogger(__name__)
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("DEPLOYZOO_CACHE", Path.home() / ".cache" / "deployzoo")).expanduser()
 
 
 def content_key(obj: Any) -> str:

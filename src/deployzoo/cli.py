@@ -89,7 +89,7 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug log
 
 @app.command()
 def models() -> None:
-    """List models, variants, tasks, default input sizes and official weight sources."""
+    """List models, variants, tasks, default input sizes and official weights (file, download URL, sha256)."""
     from deployzoo.registry import backend_capabilities, backend_names, get_model, model_names
     from deployzoo.report import md_table
 
@@ -98,10 +98,13 @@ def models() -> None:
         s = get_model(name)
         for v in s.variants:
             size = s.default_imgsz[v]
+            src = s.weights.get(v)
             rows.append([name, v + (" (default)" if v == s.default_variant else ""), s.task,
                          size if isinstance(size, str) else "x".join(map(str, size)),
-                         "x".join(map(str, s.seed_imgsz.get(v, []))) or "-", s.weights.get(v, "-")])
-    typer.echo(md_table(["model", "variant", "task", "default input", "seed input", "official weights"], rows))
+                         "x".join(map(str, s.seed_imgsz.get(v, []))) or "-", src or "-",
+                         src.download_text() if src else "-", src.hash_text() if src else "-"])
+    typer.echo(md_table(["model", "variant", "task", "default input", "seed input", "official weights",
+                         "download (--weights official)", "sha256"], rows))
     brows = []
     for b in backend_names():
         caps = backend_capabilities(b)
@@ -116,7 +119,7 @@ def models() -> None:
 
 
 @app.command()
-@request_options("variant", "weights", "imgsz")
+@request_options("variant", "weights", "weights_sha256", "imgsz")
 def export(
     model: str = typer.Argument(..., help="Model name (see `deployzoo models`)."),
     output: Path = typer.Option(..., "-o", "--output", help="ONNX file to write."),
@@ -176,8 +179,8 @@ def build(
 
 @app.command()
 @request_options(*_BUILD_OPTIONS)
-@request_options("variant", "weights", "backend", "precision", "imgsz", "calib", "calib_size", "calib_method",
-                 "float_groups", prefix="(model name) ")
+@request_options("variant", "weights", "weights_sha256", "backend", "precision", "imgsz", "calib", "calib_size",
+                 "calib_method", "float_groups", prefix="(model name) ")
 def predict(
     engine: str = typer.Argument(..., help="Engine directory, or a model name to build (cached) and run."),
     source: Path = typer.Option(..., help="Image DIR, FILE, LIST (.txt) or WIDER FACE root; for arcface also an IJB-C "
@@ -393,9 +396,11 @@ def bench(
 
 
 @app.command()
-@request_options("variant", "weights", "imgsz", "calib", "calib_size", "calib_method", "float_groups", "backend",
-                 *_BUILD_OPTIONS,
-                 helps={"weights": "Checkpoint; none = random init (accuracy not meaningful).",
+@request_options("variant", "weights", "weights_sha256", "imgsz", "calib", "calib_size", "calib_method",
+                 "float_groups", "backend", *_BUILD_OPTIONS,
+                 helps={"weights": "Checkpoint FILE, `official` (the model zoo's published file, downloaded and "
+                                   "hash-checked into the cache) or an http(s) URL; none = random init (accuracy "
+                                   "not meaningful).",
                         "calib": "int8 calibration images (default: demo's calib split).",
                         "imgsz": "'origin' (official WIDER protocol) or 'H W' (default: the model's).",
                         "backend": "Backend of the built engines: ort | openvino | aoti | torch."})

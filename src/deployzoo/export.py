@@ -20,6 +20,7 @@ from deployzoo.files import atomic_write_file, check_output_file
 from deployzoo.errors import DeployzooError
 from deployzoo.models.base import DeployModule
 from deployzoo.registry import ModelSpec, get_model
+from deployzoo.weights import resolve_weights
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,7 @@ def export_onnx(
     *,
     variant: str | None = None,
     weights: str | Path | None = None,
+    weights_sha256: str | None = None,
     imgsz: Any = None,
     batch: int | None = 1,
     opset: int | None = None,
@@ -98,7 +100,8 @@ def export_onnx(
     check_parity: bool = True,
 ) -> ExportResult:
     """Export to ONNX. `batch=None` gives a dynamic batch axis (1..spec.max_batch advertised); `imgsz='origin'`
-    dynamic H, W. `exporter` / `opset` default to the model's (ModelSpec.exporter, .opset)."""
+    dynamic H, W. `exporter` / `opset` default to the model's (ModelSpec.exporter, .opset). `weights`: a FILE,
+    `official` or an http(s) URL (deployzoo.weights.resolve_weights; checked against `weights_sha256`)."""
     check_output_file(out, is_deployzoo_onnx, "an ONNX file exported by deployzoo")
     spec = get_model(model)
     variant = spec.check_variant(variant)
@@ -115,6 +118,7 @@ def export_onnx(
     if spec.input.get("origin_only") and imgsz != "origin":
         raise DeployzooError(f"{spec.name}: pre-processing resizes each image itself (keep ratio, "
                              f"{'x'.join(map(str, spec.input.get('resize', [])))}); export with --imgsz origin")
+    weights = resolve_weights(spec, variant, weights, sha256=weights_sha256)
     module = build_deploy_module(spec, variant, weights, seed)
     # dynamo specialises a dynamic batch axis traced at size 1 (timm's VOLO slices hit it): trace at 2
     spec_in = spec.input_for(variant)

@@ -24,6 +24,12 @@ _OLD_TAG = ".deployzoo-old-"  # .NAME.deployzoo-old-PID-XXXX: the NAME it is rep
 _umask_lock = threading.Lock()
 
 
+def default_cache_dir() -> Path:
+    """Where deployzoo keeps what it can make again (engines, exported graphs, downloaded weights):
+    `$DEPLOYZOO_CACHE`, else `~/.cache/deployzoo`."""
+    return Path(os.environ.get("DEPLOYZOO_CACHE", Path.home() / ".cache" / "deployzoo")).expanduser()
+
+
 def umask() -> int:
     """The process's umask (read without changing it where /proc tells it)."""
     try:

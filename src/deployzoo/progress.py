@@ -17,13 +17,19 @@ class _Bar:
 
 
 @contextmanager
-def progress_bar(label: str, total: int | None, enabled: bool = True) -> Iterator[_Bar]:
+def progress_bar(label: str, total: int | None, enabled: bool = True, unit: str = "items",
+                 completed: int = 0) -> Iterator[_Bar]:
+    """A bar on stderr when it is a terminal. `unit="bytes"` shows sizes and transfer speed (downloads);
+    `completed` is where it starts (a resumed download)."""
     if not enabled or not sys.stderr.isatty():
         yield _Bar(None, None)
         return
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn, TransferSpeedColumn)
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TimeRemainingColumn(), console=Console(stderr=True), transient=False) as p:
-        yield _Bar(p, p.add_task(label, total=total))
+    counts = (DownloadColumn(), TransferSpeedColumn()) if unit == "bytes" else (MofNCompleteColumn(),
+                                                                               TimeElapsedColumn())
+    with Progress(TextColumn("{task.description}"), BarColumn(), *counts, TimeRemainingColumn(),
+                  console=Console(stderr=True), transient=False) as p:
+        yield _Bar(p, p.add_task(label, total=total, completed=completed))

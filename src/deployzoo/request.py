@@ -145,7 +145,14 @@ class BuildRequest:
     model: str
     variant: str = field(metadata=_cli("--variant", help="Model variant (default: the model's)."))
     weights: Path | None = field(default=None, metadata=_cli(
-        "--weights", type=Optional[Path], help="Checkpoint (official layout). None: random init."))
+        "--weights", help="Checkpoint: FILE (official layout), `official` (the model zoo's published file for the "
+                          "variant: downloaded, hash-checked, cached) or an http(s) URL (URL#sha256=HEX checks it). "
+                          "None: random init."))
+    # what the weights must hash to (checked when the request is made; not part of its identity: the file's
+    # sha256 is, in the engine cache)
+    weights_sha256: str | None = field(default=None, compare=False, metadata=_cli(
+        "--weights-sha256", help="Expected sha256 of the weights (64 hex digits, or a prefix of >= 8): a download "
+                                 "that differs is deleted, a FILE that differs refused."))
     imgsz: tuple[int, int] | str = field(default="origin", metadata=_cli(
         "--imgsz", help="'origin' (dynamic H x W) or 'H W' / HxW (default: the model's)."))
     batch: int | None = None  # None: dynamic batch axis (1..the model's max_batch)
@@ -161,7 +168,8 @@ class BuildRequest:
     seed: int = 0  # random-init seed when there are no weights
 
     @classmethod
-    def create(cls, model: str, *, variant: str | None = None, weights: str | Path | None = None, imgsz: Any = None,
+    def create(cls, model: str, *, variant: str | None = None, weights: str | Path | None = None,
+               weights_sha256: str | None = None, imgsz: Any = None,
                batch: int | None = None, backend: str = "ort", precision: str = "fp32",
                calibration: Calibration | Any | None = None,
                options: BuildOptions | Mapping[str, Any] | None = None, recipe: Recipe | None = None,
@@ -169,7 +177,9 @@ class BuildRequest:
                seed: int = 0) -> BuildRequest:
         """The request normalised: names checked and made canonical, the backend's capabilities enforced, the
         recipe from the registry unless given (`float_groups` replaces only its int8 float groups; the registry's
-        float groups are ORT's, a backend that only takes float groups for int8 starts from none)."""
+        float groups are ORT's, a backend that only takes float groups for int8 starts from none). `weights` is
+        resolved last (deployzoo.weights: a FILE, `official` or a URL, downloaded into the cache and checked), so
+        that a bad option is refused before any download."""
         from deployzoo.export import parse_imgsz
         from deployzoo.registry import backend_names, canonical_precision, get_backend, get_model
 
@@ -205,7 +215,10 @@ class BuildRequest:
             calib = Calibration.of_set(calib)
         if precision == "int8" and calib is None:
             raise DeployzooError("int8 needs calibration images: pass --calib DIR (separate from the evaluation set)")
-        return cls(model=spec.name, variant=variant, weights=Path(weights) if weights else None,
+        from deployzoo.weights import resolve_weights
+
+        local = resolve_weights(spec, variant, weights, sha256=weights_sha256)
+        return cls(model=spec.name, variant=variant, weights=local, weights_sha256=weights_sha256,
                    imgsz="origin" if size == "origin" else (int(size[0]), int(size[1])), batch=batch,
                    backend=backend, precision=precision, calibration=calib, options=opts, recipe=recipe,
                    post=tuple(sorted((k, v) for k, v in (post or {}).items() if v is not None)), seed=seed)

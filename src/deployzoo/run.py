@@ -25,6 +25,7 @@ from deployzoo.registry import backend_capabilities, get_model, get_suite, get_t
 from deployzoo.request import BuildRequest, parse_float_groups
 from deployzoo.report import plot_throughput, run_markdown
 from deployzoo.tasks.base import task_source
+from deployzoo.weights import resolve_weights
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,8 @@ class RunConfig:
     model: str
     out_dir: Path
     variant: str | None = None
-    weights: Path | None = None
+    weights: str | Path | None = None  # FILE, `official` or an http(s) URL (deployzoo.weights)
+    weights_sha256: str | None = None  # expected sha256 (or prefix) of the weights
     precisions: tuple[str, ...] = ("fp32", "int8")
     batches: tuple[int, ...] | None = None  # None: the model's seed batches
     data: str = "demo"
@@ -94,6 +96,7 @@ class RunPlan:
     calib_set: Any | None
     warnings: list[str]
     stages: StageCache
+    weights: Path | None = None  # the local checkpoint cfg.weights resolved to (None: random init)
 
     @property
     def label(self) -> str:
@@ -107,7 +110,7 @@ class RunPlan:
         return opts or None
 
     def request(self, backend: str, precision: str) -> BuildRequest:
-        return BuildRequest.create(self.spec.name, variant=self.variant, weights=self.cfg.weights, backend=backend,
+        return BuildRequest.create(self.spec.name, variant=self.variant, weights=self.weights, backend=backend,
                                    precision=precision, imgsz=self.imgsz, batch=None,
                                    calibration=self.calib_set if precision == "int8" else None,
                                    options=self.options(backend), float_groups=self.cfg.float_groups)
@@ -149,6 +152,8 @@ def plan_run(cfg: RunConfig) -> RunPlan:
             raise DeployzooError(f"--max-drop {cfg.max_drop}: expected points >= 0 (e.g. 0.5)")
     if cfg.float_groups is not None:
         parse_float_groups(cfg.float_groups)  # a bad group is one line before any work
+    # a FILE as it is; `official` or a URL downloaded (or found in the cache) and checked, once, before any data
+    weights = resolve_weights(spec, variant, cfg.weights, sha256=cfg.weights_sha256)
     task = get_task(spec.task)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -167,8 +172,8 @@ def plan_run(cfg: RunConfig) -> RunPlan:
         imgsz=parse_imgsz(cfg.imgsz if cfg.imgsz is not None else spec.default_imgsz[variant]),
         bench_hw=parse_imgsz(cfg.bench_imgsz) if cfg.bench_imgsz else spec.bench_imgsz,
         batches=tuple(cfg.batches or spec.bench_batches), predict_batch=cfg.predict_batch or spec.predict_batch,
-        calib_set=calib_set, warnings=[RANDOM_WEIGHTS_WARNING] if cfg.weights is None else [],
-        stages=StageCache(out / "stages"))
+        calib_set=calib_set, warnings=[RANDOM_WEIGHTS_WARNING] if weights is None else [],
+        stages=StageCache(out / "stages"), weights=weights)
 
 
 @dataclass
@@ -280,7 +285,8 @@ def run_pipeline(cfg: RunConfig) -> RunReport:
         bench_rows=bench_rows, precisions=cfg.precisions, iters=cfg.iters, warmup=cfg.warmup, threads=cfg.threads,
         machine=mach, versions=ver, created=now_iso(), stages=STAGES, int8_plans=plans)
     report = {
-        "model": plan.spec.name, "variant": plan.variant, "weights": str(cfg.weights) if cfg.weights else None,
+        "model": plan.spec.name, "variant": plan.variant, "weights": str(plan.weights) if plan.weights else None,
+        **({"weights_source": str(cfg.weights)} if cfg.weights and str(cfg.weights) != str(plan.weights) else {}),
         "warnings": plan.warnings, "data": plan.data.name, "imgsz": plan.imgsz, "postprocess": post,
         "calibration": plan.calib_set.describe() if plan.calib_set else None,
         "accuracy": acc.accuracy, "bench": bench_rows, "int8_plans": plans, "engines": {k: str(v.dir) for k, v in acc.engines.items()},

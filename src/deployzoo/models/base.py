@@ -64,7 +64,7 @@ class ModelSpec:
     default_imgsz: dict[str, Any]  # variant -> [H, W] or "origin"
     input: dict[str, Any]  # color, mean, std, layout
     post: dict[str, Any]  # post-processing defaults
-    weights: dict[str, str]  # variant -> where the official weights come from
+    weights: dict[str, Any]  # variant -> deployzoo.weights.WeightsSource: the official weights (file, URL, hash)
     build: Callable[[str, str | Path | None], nn.Module]  # eval-mode network from (variant, weights)
     deploy: Callable[[nn.Module], DeployModule]  # export wrapper: network + in-graph decode
     output_names: tuple[str, ...]

@@ -15,6 +15,7 @@ from torch import nn
 
 from deployzoo.checkpoint import apply_state_dict, load_state_dict
 from deployzoo.models.base import DeployModule, ModelSpec, register_model
+from deployzoo.weights import WeightsSource
 
 # blocks per stage, as `iresnet18` ... `iresnet200` of the official file
 LAYERS: dict[str, tuple[int, int, int, int]] = {
@@ -25,10 +26,16 @@ LAYERS: dict[str, tuple[int, int, int, int]] = {
     "r200": (6, 26, 60, 6),
 }
 
-# where the official weights are published (the insightface model zoo; manual download)
+# where the official weights are published: the insightface arcface_torch model zoo, on OneDrive and Baidu only
+# (recognition/arcface_torch/README.md, "Model Zoo"): no direct URL, no published hash
+ARCFACE_ZOO = "github.com/deepinsight/insightface recognition/arcface_torch README, Model Zoo"
+ARCFACE_DOWNLOAD = ("OneDrive https://1drv.ms/u/s!AswpsDO2toNKq0lWY69vN58GR6mw?e=p9Ov5d or Baidu "
+                    "https://pan.baidu.com/s/1CL-l4zWqsI1oDuEEYVhj-g (code e8pw)")
 OFFICIAL_WEIGHTS = {
-    **{v: f"insightface arcface_torch model zoo: ms1mv3_arcface_{v}_fp16/backbone.pth" for v in ("r18", "r34", "r50", "r100")},
-    "r200": "insightface arcface_torch model zoo: an r200 backbone.pth (WebFace / Glint360K releases)",
+    **{v: WeightsSource(f"ms1mv3_arcface_{v}_fp16/backbone.pth", published=ARCFACE_ZOO, manual=ARCFACE_DOWNLOAD)
+       for v in ("r18", "r34", "r50", "r100")},
+    "r200": WeightsSource("an r200 backbone.pth", published=ARCFACE_ZOO, manual=ARCFACE_DOWNLOAD,
+                          note="WebFace / Glint360K releases"),
 }
 
 EMBEDDING_DIM = 512

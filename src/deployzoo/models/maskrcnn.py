@@ -36,6 +36,7 @@ from deployzoo.checkpoint import apply_state_dict, load_state_dict
 from deployzoo.data.coco import COCO_CATEGORY_IDS
 from deployzoo.errors import DeployzooError
 from deployzoo.models.base import DeployModule, ModelSpec, register_model
+from deployzoo.weights import WeightsSource
 
 VARIANTS = ("mmdet_1x", "tv_v1", "tv_v2")
 TV_CATEGORY_IDS = tuple(range(91))  # torchvision's class index is the COCO category id (0 = background)
@@ -63,13 +64,24 @@ CONFIGS: dict[str, dict[str, Any]] = {
                  "clamp_min_delta": True, "rpn_min_size": 0.0, "det_min_size": 0.0, "resize_impl": "cv2",
                  "paste": "mmdet"},
 }
+# The published files. Both zoos put the first 8 hex digits of the file's sha256 in its name: torchvision loads
+# these with check_hash=True (torch.hub compares the `-HEX.` of the name with the sha256's start), OpenMMLab's
+# tools/model_converters/publish_model.py names a checkpoint `NAME-{sha256[:8]}.pth`. No full hash is published.
 OFFICIAL_WEIGHTS = {
-    "tv_v1": "https://download.pytorch.org/models/maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth (torchvision "
-             "MaskRCNN_ResNet50_FPN_Weights.COCO_V1, box 37.9 / mask 34.6)",
-    "tv_v2": "https://download.pytorch.org/models/maskrcnn_resnet50_fpn_v2_coco-73cbd019.pth (torchvision "
-             "MaskRCNN_ResNet50_FPN_V2_Weights.COCO_V1, box 47.4 / mask 41.8)",
-    "mmdet_1x": "https://download.openmmlab.com/mmdetection/v2.0/mask_rcnn/mask_rcnn_r50_fpn_1x_coco/"
-                "mask_rcnn_r50_fpn_1x_coco_20200205-d4b0c5d6.pth (box 38.2 / mask 34.7; the seed reports 38.1)",
+    "tv_v1": WeightsSource(
+        "maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth", hash_prefix="bf2d0c1e",
+        url="https://download.pytorch.org/models/maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth",
+        published="torchvision MaskRCNN_ResNet50_FPN_Weights.COCO_V1", note="box 37.9 / mask 34.6"),
+    "tv_v2": WeightsSource(
+        "maskrcnn_resnet50_fpn_v2_coco-73cbd019.pth", hash_prefix="73cbd019",
+        url="https://download.pytorch.org/models/maskrcnn_resnet50_fpn_v2_coco-73cbd019.pth",
+        published="torchvision MaskRCNN_ResNet50_FPN_V2_Weights.COCO_V1", note="box 47.4 / mask 41.8"),
+    "mmdet_1x": WeightsSource(
+        "mask_rcnn_r50_fpn_1x_coco_20200205-d4b0c5d6.pth", hash_prefix="d4b0c5d6",
+        url="https://download.openmmlab.com/mmdetection/v2.0/mask_rcnn/mask_rcnn_r50_fpn_1x_coco/"
+            "mask_rcnn_r50_fpn_1x_coco_20200205-d4b0c5d6.pth",
+        published="mmdetection configs/mask_rcnn README and metafile.yml",
+        note="box 38.2 / mask 34.7; the seed reports 38.1"),
 }
 STRIDES = (4, 8, 16, 32, 64)
 # the exported node-name prefixes of the networks (fp16 builds convert these only; geometry stays fp32)

@@ -22,6 +22,7 @@ from torchvision.models._utils import IntermediateLayerGetter
 from deployzoo.checkpoint import apply_state_dict, load_state_dict
 from deployzoo.errors import DeployzooError
 from deployzoo.models.base import DeployModule, ModelSpec, register_model
+from deployzoo.weights import WeightsSource
 
 
 @dataclass(frozen=True)
@@ -236,9 +237,14 @@ class RetinaFaceDeploy(DeployModule):
 
 # --------------------------------------------------------------------------------------------- checkpoints
 
+# The repo's README links its released weights (mobilenet0.25_Final.pth, Resnet50_Final.pth and the MobileNetV1
+# pretrain mobilenetV1X0.25_pretrain.tar) on Google Drive and Baidu only: no direct URL, no published hash.
+BIUBUG6_README = "github.com/biubug6/Pytorch_Retinaface README"
+BIUBUG6_DOWNLOAD = ("Google Drive https://drive.google.com/open?id=1oZRSG0ZegbVkVwUd8wUIQx8W7yfZ_ki1 or Baidu "
+                    "https://pan.baidu.com/s/12h97Fy1RYuqMMIV-RpzdPg (password fstq)")
 OFFICIAL_WEIGHTS = {
-    "mobilenet0.25": "mobilenet0.25_Final.pth (github.com/biubug6/Pytorch_Retinaface, Google Drive link in its README)",
-    "resnet50": "Resnet50_Final.pth (github.com/biubug6/Pytorch_Retinaface, Google Drive link in its README)",
+    "mobilenet0.25": WeightsSource("mobilenet0.25_Final.pth", published=BIUBUG6_README, manual=BIUBUG6_DOWNLOAD),
+    "resnet50": WeightsSource("Resnet50_Final.pth", published=BIUBUG6_README, manual=BIUBUG6_DOWNLOAD),
 }
 
 

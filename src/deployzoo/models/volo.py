@@ -32,14 +32,21 @@ from torch import nn
 from deployzoo.checkpoint import apply_state_dict, load_state_dict
 from deployzoo.errors import DeployzooError
 from deployzoo.models.base import DeployModule, ModelSpec, register_model
+from deployzoo.weights import WeightsSource
 
 VARIANTS = ("d2_224", "d1_224")
 TIMM_NAMES = {"d2_224": "volo_d2_224", "d1_224": "volo_d1_224"}
 
-# where the official weights are published (manual download; the timm names above load them as they are)
+# where the official weights are published: the GitHub release volo_1 that the sail-sg/volo README links (the same
+# URLs are timm's pretrained_cfg `url` of volo_d{1,2}_224.sail_in1k; the timm names above load them as they are).
+# No hash is published for them.
+VOLO_RELEASE = "https://github.com/sail-sg/volo/releases/download/volo_1/"
+VOLO_README = "github.com/sail-sg/volo README, release volo_1"
 OFFICIAL_WEIGHTS = {
-    "d2_224": "d2_224_85.2.pth.tar (github.com/sail-sg/volo releases, volo_1)",
-    "d1_224": "d1_224_84.2.pth.tar (github.com/sail-sg/volo releases, volo_1)",
+    "d2_224": WeightsSource("d2_224_85.2.pth.tar", published=VOLO_README, url=VOLO_RELEASE + "d2_224_85.2.pth.tar",
+                            note="top-1 85.2"),
+    "d1_224": WeightsSource("d1_224_84.2.pth.tar", published=VOLO_README, url=VOLO_RELEASE + "d1_224_84.2.pth.tar",
+                            note="top-1 84.2"),
 }
 
 NUM_CLASSES = 1000
