@@ -63,7 +63,7 @@ graphs = {
 }
 if args.skip_retinaface:
     del graphs["RetinaFace-mnet 640"]
-tables, record = [], {"machine": machine(), "versions": versions(), "created": now_iso(), "plans": {}}
+tables, record = [], {"machine": machine(), "created": now_iso(), "plans": {}}
 for name, g in graphs.items():
     onnx_path = work / f"{g['model']}.onnx"
     if not onnx_path.is_file():
@@ -108,6 +108,7 @@ for name, g in graphs.items():
         record["plans"][f"{name} {backend}"] = plan
         print(tables[-1], flush=True)
 
+record["versions"] = versions()  # read at the end: openvino / nncf are imported by then
 mach, ver = record["machine"], record["versions"]
 md = "\n\n".join(tables) + "\n\n" + (
     f"Machine: {mach['cpu']}, {mach['affinity_cores']} cores, {THREADS} runtime threads. Versions: "

@@ -68,3 +68,22 @@ def test_run_resumes_an_interrupted_predict_and_replaces_other_engines_predictio
     run_cli(args)
     names = [json.loads(x)["image"] for x in pred.read_text().splitlines()]
     assert "stale.jpg" not in names and len(names) == 6
+
+
+@pytest.mark.slow
+def test_default_precisions_leave_out_what_the_backend_does_not_build(tmp_path):
+    """`run --backend torch` without --precisions: int8 (the default's second) is left out before any work, and
+    the report says why; asked for explicitly, it is refused in one line."""
+    out = tmp_path / "run"
+    run_cli(["run", "mobilenetv1", "--backend", "torch", "--data", "demo", "--demo-images", "4", "--batches", "1",
+             "--iters", "1", "--warmup", "0", "-o", str(out)])
+    rep = json.loads((out / "report.json").read_text())
+    assert set(rep["accuracy"]) == {"fp32"}
+    note = ("default precision int8 left out: backend torch: eager PyTorch runs fp32 / fp16 / bf16; int8 is built "
+            "by --backend ort")
+    assert note in rep["warnings"] and note in (out / "report.md").read_text()
+    from deployzoo.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "mobilenetv1", "--backend", "torch", "--precisions", "fp32,int8", "-o", str(tmp_path / "r2")])
+    assert exc.value.code == 2 and not (tmp_path / "r2" / "data").exists()

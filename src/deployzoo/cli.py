@@ -407,7 +407,8 @@ def bench(
 def run(
     model: str = typer.Argument(..., help="Model name."),
     output: Path = typer.Option(..., "-o", "--output", help="Run directory (report.md, report.json, plots)."),
-    precisions: str = typer.Option("fp32,int8", help="Comma-separated precisions."),
+    precisions: Optional[str] = typer.Option(None, help="Comma-separated precisions (default: fp32,int8, less "
+                                             "what the backend does not build)."),
     batches: Optional[str] = typer.Option(None, help="Batch sizes to benchmark (default: the seed's, e.g. 1,4,8)."),
     predict_batch: Optional[int] = typer.Option(None, help="Batch of the accuracy pass (default: the seed's)."),
     data: str = typer.Option("demo", help="Dataset root (WIDER FACE: WIDER_val/images + ground_truth; IJB-C: "
@@ -436,7 +437,8 @@ def run(
     from deployzoo.registry import canonical_precision
     from deployzoo.run import RunConfig, run_pipeline
 
-    precs = tuple(dict.fromkeys(canonical_precision(p) for p in precisions.split(",") if p.strip()))
+    precs = None if precisions is None else tuple(dict.fromkeys(canonical_precision(p) for p in precisions.split(",")
+                                                                if p.strip()))
     opts = {k: req.pop(k) for k in _BUILD_OPTIONS if req.get(k) is not None}
     cfg = RunConfig(
         model=model, out_dir=output, precisions=precs, batches=_ints(batches, "--batches") if batches else None,

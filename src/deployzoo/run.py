@@ -7,7 +7,7 @@ import json
 import logging
 import math
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ class RunConfig:
     variant: str | None = None
     weights: str | Path | None = None  # FILE, `official` or an http(s) URL (deployzoo.weights)
     weights_sha256: str | None = None  # expected sha256 (or prefix) of the weights
-    precisions: tuple[str, ...] = ("fp32", "int8")
+    precisions: tuple[str, ...] | None = None  # None: DEFAULT_PRECISIONS less those the backend does not build
     batches: tuple[int, ...] | None = None  # None: the model's seed batches
     data: str = "demo"
     gt: Path | None = None
@@ -124,13 +124,23 @@ class RunPlan:
                              max_drop=self.cfg.max_drop if self.planned(backend, precision) else None)
 
 
+DEFAULT_PRECISIONS = ("fp32", "int8")
+
+
 def plan_run(cfg: RunConfig) -> RunPlan:
     """Check the configuration and prepare the data and calibration set; fails before any engine is built."""
-    if not cfg.precisions:
-        raise DeployzooError("--precisions: no precision given (e.g. fp32,int8)")
     spec = get_model(cfg.model)
     variant = spec.check_variant(cfg.variant)
     caps = backend_capabilities(cfg.backend)
+    notes: list[str] = []
+    if cfg.precisions is None:  # the default: what this backend builds of it, said in the report
+        dropped = [p for p in DEFAULT_PRECISIONS if caps.precision_problem(cfg.backend, p)]
+        cfg = replace(cfg, precisions=tuple(p for p in DEFAULT_PRECISIONS if p not in dropped))
+        for p in dropped:
+            notes.append(f"default precision {p} left out: {caps.precision_problem(cfg.backend, p)}")
+            log.warning(notes[-1])
+    if not cfg.precisions:
+        raise DeployzooError("--precisions: no precision given (e.g. fp32,int8)")
     for p in cfg.precisions:  # before any data is made or engine built
         problem = caps.precision_problem(cfg.backend, p)
         if problem:
@@ -172,7 +182,7 @@ def plan_run(cfg: RunConfig) -> RunPlan:
         imgsz=parse_imgsz(cfg.imgsz if cfg.imgsz is not None else spec.default_imgsz[variant]),
         bench_hw=parse_imgsz(cfg.bench_imgsz) if cfg.bench_imgsz else spec.bench_imgsz,
         batches=tuple(cfg.batches or spec.bench_batches), predict_batch=cfg.predict_batch or spec.predict_batch,
-        calib_set=calib_set, warnings=[RANDOM_WEIGHTS_WARNING] if weights is None else [],
+        calib_set=calib_set, warnings=[RANDOM_WEIGHTS_WARNING] * (weights is None) + notes,
         stages=StageCache(out / "stages"), weights=weights)
 
 
@@ -272,6 +282,7 @@ def int8_plans(plan: RunPlan) -> dict[str, dict[str, Any]]:
 def run_pipeline(cfg: RunConfig) -> RunReport:
     """export -> build -> predict + eval -> bench -> report; each stage's result kept under cfg.out_dir."""
     plan = plan_run(cfg)
+    cfg = plan.cfg  # the defaults filled in (precisions)
     acc = accuracy_stage(plan)
     bench_rows = bench_stage(plan, acc.engines)
     plot_throughput(bench_rows, plan.out / "throughput.png")
