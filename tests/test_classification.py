@@ -95,6 +95,9 @@ def test_run_demo_classifier(tmp_path):
     rep = json.loads((out / "report.json").read_text())
     assert rep["accuracy"]["fp32"]["n"] == 8 and 0 <= rep["accuracy"]["int8"]["agreement_vs_fp32"] <= 1
     assert (out / "predictions" / "fp32" / "eval_result_5.txt").read_text().count("\n") == 8
+    # what the agreement column is, and that 8 images cannot carry a top-1 (issue 15)
+    assert "Top-1 agreement vs fp32: the share of images whose top-1 class is the fp32 engine's" in md
+    assert "top-1 / top-5 rest on 8 images: one image is 12.50 points" in rep["warnings"]
 
 
 # ----------------------------------------------------------------------------------------------- real weights

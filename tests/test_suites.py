@@ -29,7 +29,7 @@ def test_suite_base_requires_the_scoring():
 def test_each_suite_writes_its_demo_once_and_declares_its_report(name, tmp_path):
     cls = get_suite(name)
     assert issubclass(cls, Suite)
-    for attr in ("accuracy_headers", "agreement_header", "agreement_nan", "calib_hint"):
+    for attr in ("accuracy_headers", "agreement_header", "agreement_nan", "agreement_definition", "calib_hint"):
         assert getattr(cls, attr), attr
     s = cls("demo", tmp_path, None, 4)
     assert s.source.exists() and s.calib_default is not None and s.calib_default.exists()
@@ -48,3 +48,21 @@ def test_unknown_suite_is_one_line():
 
     with pytest.raises(DeployzooError, match="unknown suite 'kitti'"):
         get_suite("kitti")
+
+
+def test_metrics_on_too_few_samples_are_named():
+    """IJB-C's TAR@FAR=1e-5 needs 1e5 impostor pairs to be a rate at all; top-1 on a few images moves in big steps."""
+    ijbc, imagenet = get_suite("ijbc"), get_suite("imagenet")
+    few = ijbc.sample_warnings(ijbc, {"n_neg": 16, "n_pos": 16})
+    assert few == ["TAR@FAR=1e-05 rests on 16 impostor pairs, fewer than 1/FAR = 100000: its threshold is the highest "
+                   "impostor score, not that false-accept rate",
+                   "TAR@FAR=0.0001 rests on 16 impostor pairs, fewer than 1/FAR = 10000: its threshold is the highest "
+                   "impostor score, not that false-accept rate",
+                   "TAR rests on 16 genuine pairs: one pair is 6.25 points"]
+    assert ijbc.sample_warnings(ijbc, {"n_neg": 50_000, "n_pos": 5_000}) == [
+        "TAR@FAR=1e-05 rests on 50000 impostor pairs, fewer than 1/FAR = 100000: its threshold is the highest "
+        "impostor score, not that false-accept rate"]
+    assert ijbc.sample_warnings(ijbc, {"n_neg": 10 ** 8, "n_pos": 10 ** 5}) == []  # the real IJB-C: 15.7M / 19.6k
+    assert imagenet.sample_warnings(imagenet, {"n": 8}) == ["top-1 / top-5 rest on 8 images: one image is 12.50 points"]
+    assert imagenet.sample_warnings(imagenet, {"n": 50_000}) == []
+

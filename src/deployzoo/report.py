@@ -147,11 +147,42 @@ def int8_plan_table(plan: dict[str, Any]) -> str:
     return md_table(["float groups", "why tried", "drop (points)", "img/s", "x fp32", "chosen"], rows)
 
 
+def engine_rows(manifests: list[dict[str, Any]]) -> list[list[Any]]:
+    """One row per engine a run used: how long it took to build and what it reports about itself (parity with eager
+    PyTorch and compile time for aoti, the precision OpenVINO runs, how int8 was quantized)."""
+    rows = []
+    for m in manifests:
+        comp, notes = m.get("compile") or {}, []
+        secs = m.get("build_seconds")
+        if comp:
+            secs = round(float(comp.get("export_seconds", 0)) + float(comp.get("compile_seconds", 0)), 2)
+            notes.append(f"export {comp.get('export_seconds')} s + compile {comp.get('compile_seconds')} s")
+        parity = m.get("parity_vs_eager")
+        if parity:
+            notes.append("max abs diff vs eager: " + ", ".join(f"{k} {v:.2g}" for k, v in parity.items()))
+        ov = m.get("openvino") or {}
+        if ov.get("inference_precision"):
+            runs = "float parts run" if m["precision"] == "int8" else "runs"
+            notes.append(f"{runs} {ov['inference_precision']} ({ov.get('performance_hint') or 'default'} hint)")
+        q = m.get("quantization") or {}
+        if q:
+            what = q.get("method") or (f"{q['format']}, {q.get('int8_convs')} of {q.get('total_convs')} convolutions "
+                                       "int8" if q.get("format") else q.get("tool") or "quantized")
+            groups = q.get("float_groups")
+            notes.append(f"int8: {what}" + (f", float groups {', '.join(groups)}" if groups else ""))
+        if m.get("int8_plan"):
+            notes.append(f"planned: {m['int8_plan']['verdict']}")
+        rows.append([f"{m['backend']} {m['precision']}", "-" if secs is None else f"{float(secs):.1f}",
+                     "; ".join(notes) or "-"])
+    return rows
+
+
 def run_markdown(*, title: str, warnings: list[str], data: Any, settings: str, accuracy_rows: list[list[Any]],
                  calibration: dict[str, Any] | None, stage_rows: list[list[Any]], bench_rows: list[dict[str, Any]],
                  precisions: Sequence[str], iters: int, warmup: int, threads: int | None, machine: dict[str, Any],
                  versions: dict[str, str], created: str, stages: Sequence[str],
-                 int8_plans: dict[str, dict[str, Any]] | None = None) -> str:
+                 int8_plans: dict[str, dict[str, Any]] | None = None,
+                 engines: list[list[Any]] | None = None) -> str:
     """report.md of `deployzoo run`: accuracy per precision, end-to-end stage times (`stages`: the pipeline's
     stage names, the columns of stage_rows), engine throughput, machine."""
     md = [f"# deployzoo run: {title}", ""]
@@ -160,7 +191,7 @@ def run_markdown(*, title: str, warnings: list[str], data: Any, settings: str, a
     md += [
         "## Accuracy", f"Dataset: {data.name}. {settings}", "",
         md_table(["Model", "Precision", *data.accuracy_headers, data.agreement_header], accuracy_rows),
-        "",
+        "", f"{data.agreement_header[:1].upper()}{data.agreement_header[1:]}: {data.agreement_definition}.", "",
     ]
     if calibration is not None:
         d = calibration
@@ -185,6 +216,9 @@ def run_markdown(*, title: str, warnings: list[str], data: Any, settings: str, a
         "Plots: " + "".join(f"[{data.plot_name} {p}]({data.plot_name.lower()}_{p}.png), " for p in precisions
                             if data.plot_name) + "[throughput](throughput.png)", "",
     ]
+    if engines:
+        md += ["## Engines", "Build time and what each engine's manifest says about it.", "",
+               md_table(["Engine", "Built in (s)", "Notes"], engines), ""]
     for backend, plan in (int8_plans or {}).items():
         md += [f"## int8 plan ({backend}, --max-drop {plan['max_drop']})",
                f"Drop = {plan['metric']} on {plan['held_out_images']} held-out calibration images (never calibrated "

@@ -13,7 +13,7 @@ from typing import Any
 
 from deployzoo.bench import BenchConfig, bench_engine
 from deployzoo.cache import StageCache, cached_engine
-from deployzoo.engine import RANDOM_WEIGHTS_WARNING, Engine, machine, now_iso, versions
+from deployzoo.engine import RANDOM_WEIGHTS_WARNING, Engine, machine, now_iso, read_manifest, versions
 from deployzoo.files import atomic_write_text, write_json
 from deployzoo.errors import DeployzooError
 from deployzoo.export import parse_imgsz
@@ -23,7 +23,7 @@ from deployzoo.quant.calib import make_calib_set
 from deployzoo.quant.planner import PLOT_FILE
 from deployzoo.registry import backend_capabilities, get_model, get_suite, get_task
 from deployzoo.request import BuildRequest, parse_float_groups
-from deployzoo.report import plot_throughput, run_markdown
+from deployzoo.report import engine_rows, plot_throughput, run_markdown
 from deployzoo.tasks.base import task_source
 from deployzoo.weights import resolve_weights
 
@@ -214,6 +214,9 @@ def accuracy_stage(plan: RunPlan) -> AccuracyStage:
         identity = {"engine": e.graph_sha256, "prec": prec, "created": e.created, "data": str(data.source),
                     "post": dict(e.post)}
         res = res_all.accuracy[prec] = plan.stages.get_or_compute(f"eval-{prec}", identity, predict_and_score)
+        for w in data.sample_warnings(res):  # the same for every precision: said once
+            if w not in plan.warnings:
+                plan.warnings.append(w)
         split = _stage_split(pred_dir)
         if split:
             res["end_to_end"] = split
@@ -288,13 +291,15 @@ def run_pipeline(cfg: RunConfig) -> RunReport:
     plot_throughput(bench_rows, plan.out / "throughput.png")
     post = dict(acc.engines[cfg.precisions[0]].post)
     plans = int8_plans(plan)
+    used = list(dict.fromkeys([*(e.dir for e in acc.engines.values()), *(Path(r["engine"]) for r in bench_rows)]))
     mach, ver = machine(), versions()
     text = run_markdown(
         title=f"{plan.spec.name} {plan.variant}", warnings=plan.warnings, data=plan.data,
         settings=plan.data.settings(plan.imgsz, post), accuracy_rows=acc.rows,
         calibration=plan.calib_set.describe() if plan.calib_set is not None else None, stage_rows=acc.stage_rows,
         bench_rows=bench_rows, precisions=cfg.precisions, iters=cfg.iters, warmup=cfg.warmup, threads=cfg.threads,
-        machine=mach, versions=ver, created=now_iso(), stages=STAGES, int8_plans=plans)
+        machine=mach, versions=ver, created=now_iso(), stages=STAGES, int8_plans=plans,
+        engines=engine_rows([read_manifest(d) for d in used]))
     report = {
         "model": plan.spec.name, "variant": plan.variant, "weights": str(plan.weights) if plan.weights else None,
         **({"weights_source": str(cfg.weights)} if cfg.weights and str(cfg.weights) != str(plan.weights) else {}),

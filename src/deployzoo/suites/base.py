@@ -22,6 +22,7 @@ class Suite(ABC):
     accuracy_headers: ClassVar[tuple[str, ...]]  # the report's accuracy columns (the seed's table)
     agreement_header: ClassVar[str]  # what the agreement column measures
     agreement_nan: ClassVar[str]  # why an agreement is NaN
+    agreement_definition: ClassVar[str]  # what the agreement number is, in one sentence (the report says it)
     plot_name: ClassVar[str] = ""  # the curve evaluate can plot (PR, ROC), "" for none
     calib_hint: ClassVar[str]  # where calibration images for this dataset come from
     demo_images: ClassVar[int] = 24  # size of the demo set when run does not say
@@ -45,6 +46,10 @@ class Suite(ABC):
     @abstractmethod
     def accuracy_cells(self, res: dict[str, Any], batch: int) -> list[Any]:
         """The report row's cells under `accuracy_headers` for one evaluate result."""
+
+    def sample_warnings(self, res: dict[str, Any]) -> list[str]:
+        """What in an evaluate result rests on too few samples to mean what its name says (the report warns)."""
+        return []
 
     @abstractmethod
     def agreement(self, ref_dir: Path, pred_dir: Path) -> float:

@@ -21,6 +21,8 @@ class CocoSuite(Suite):
     accuracy_headers = ("Batch", "bbox mAP@[.5:.95]", "bbox mAP@.5", "segm mAP@[.5:.95]")  # the seed's table
     agreement_header = "box agreement vs fp32"
     agreement_nan = "no fp32 detection with score >= 0.5"
+    agreement_definition = ("the share of the fp32 engine's detections with score >= 0.5 that the engine also "
+                            "makes: same image and category, box IoU >= 0.9")
     plot_name = ""  # the COCO summary is the report
     calib_hint = "e.g. COCO train2017 images such as ../shared/fixtures/coco128, never from the evaluation set"
 

@@ -21,6 +21,20 @@ class IJBCSuite(Suite):
     accuracy_headers = ("Batch", "TAR@FAR=1e-5 (%)", "TAR@FAR=1e-4 (%)")  # the seed's table
     agreement_header = "mean cosine vs fp32 embeddings"
     agreement_nan = "no finite fp32 embedding"
+    agreement_definition = ("the mean cosine similarity between each image's embedding and the fp32 engine's "
+                            "(1.0: identical directions)")
+
+    def sample_warnings(self, res: dict[str, Any]) -> list[str]:
+        out = []
+        neg, pos = int(res.get("n_neg") or 0), int(res.get("n_pos") or 0)
+        for k in self.accuracy_keys:
+            far = float(k)
+            if 0 < neg < 1.0 / far:
+                out.append(f"TAR@FAR={far:g} rests on {neg} impostor pairs, fewer than 1/FAR = {1.0 / far:.0f}: its "
+                           "threshold is the highest impostor score, not that false-accept rate")
+        if 0 < pos < 1000:
+            out.append(f"TAR rests on {pos} genuine pairs: one pair is {100.0 / pos:.2f} points")
+        return out
     plot_name = "ROC"
     calib_hint = "aligned face crops, a landmarks file or an IJB-C-layout root of other identities"
 

@@ -17,6 +17,14 @@ class ImageNetSuite(Suite):
     accuracy_headers = ("Batch", "TOP1", "TOP5")  # the seed's table
     agreement_header = "top-1 agreement vs fp32"
     agreement_nan = "no fp32 prediction"
+    agreement_definition = ("the share of images whose top-1 class is the fp32 engine's (1.0: every image "
+                            "classified as fp32 classifies it)")
+
+    def sample_warnings(self, res: dict[str, Any]) -> list[str]:
+        n = int(res.get("n") or 0)
+        if 0 < n < 1000:
+            return [f"top-1 / top-5 rest on {n} images: one image is {100.0 / n:.2f} points"]
+        return []
     plot_name = ""  # no curve to plot
     calib_hint = "e.g. images from ImageNet train, never from the evaluation set"
 

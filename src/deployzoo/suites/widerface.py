@@ -20,6 +20,9 @@ class WiderFaceSuite(Suite):
     accuracy_headers = ("Easy", "Medium", "Hard")  # the seeds' table
     agreement_header = "AP vs fp32 detections"
     agreement_nan = "no fp32 detection >= 0.5"
+    agreement_definition = ("average precision of the engine's detections scored as predictions against the "
+                            "fp32 engine's detections with score >= 0.5 as ground truth (IoU 0.5; 1.0: every "
+                            "confident fp32 face found, with no other detection ranked above one)")
     plot_name = "PR"
     calib_hint = "e.g. WIDER_train/images"
 
