@@ -314,3 +314,26 @@ def test_eval_verification_on_bin_features(r18_engine, tmp_path, capsys):
     res = json.loads((tmp_path / "v.json").read_text())
     assert res["n_pairs"] == 10 and res["n_folds"] == 10 and 0.0 <= res["accuracy_mean"] <= 1.0
     assert "Accuracy-Flip" in capsys.readouterr().out
+
+
+def test_save_img_writes_each_aligned_face_once(r18_engine, faces_with_landmarks, tmp_path):
+    """--save-img: one file per face (two rows of one image do not overwrite each other), the aligned crop at 2x,
+    in the source's colours."""
+    src = tmp_path / "two.txt"
+    rows = (faces_with_landmarks / "landmarks.txt").read_text().splitlines()
+    (tmp_path / "f0.jpg").write_bytes((faces_with_landmarks / "f0.jpg").read_bytes())
+    src.write_text(f"{rows[0]}\n{rows[0].replace('f0.jpg 5', 'f0.jpg 6')}\n")
+    out = tmp_path / "p"
+    s = predict(r18_engine, src, out, save_img=True, show_progress=False)
+    assert s.written == 2
+    files = sorted(p.name for p in (out / "vis").iterdir())
+    assert files == ["f0_face0.jpg", "f0_face1.jpg"]
+    vis = cv2.imread(str(out / "vis" / "f0_face0.jpg"))
+    assert vis.shape == (224, 224, 3)
+    # the colours are the image's (BGR on disk): the aligned crop's mean colour, away from the text, matches
+    from deployzoo.data.face_align import align_face
+
+    img = cv2.imread(str(tmp_path / "f0.jpg"))
+    pts = np.array([float(v) for v in rows[0].split()[1:11]]).reshape(5, 2)
+    crop = cv2.resize(align_face(img, pts, 112), (224, 224), interpolation=cv2.INTER_NEAREST)
+    assert np.abs(vis[60:].astype(float).mean((0, 1)) - crop[60:].astype(float).mean((0, 1))).max() < 4.0

@@ -166,3 +166,27 @@ def test_run_demo_volo(tmp_path):
     assert m["batch"] == {"dynamic": True, "min": 1, "max": 192}
     assert m["quantization"]["float_outputs"] == ["MatMul", "Gemm"]
     assert rep["accuracy"]["fp32"]["n"] == 4
+
+
+def test_save_img_draws_the_class_names_in_the_image_colours(tmp_path):
+    import cv2
+
+    from deployzoo.tasks.classification import imagenet_class_names
+
+    assert len(imagenet_class_names()) == 1000 and imagenet_class_names()[0] == "tench"
+    export_onnx("mobilenetv1", tmp_path / "m.onnx", batch=None)
+    eng = build_engine(tmp_path / "m.onnx", tmp_path / "e", precision="fp32")
+    img = np.zeros((300, 300, 3), np.uint8)
+    img[:] = (200, 40, 10)  # BGR: blue
+    cv2.imwrite(str(tmp_path / "blue.png"), img)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "blue.png").write_bytes((tmp_path / "blue.png").read_bytes())
+    predict(eng, src, tmp_path / "p", save_img=True, show_progress=False)
+    vis = cv2.imread(str(tmp_path / "p" / "vis" / "blue.jpg"))
+    assert vis.shape == (300, 300, 3)
+    assert np.abs(vis[250:, 250:].astype(int).mean((0, 1)) - [200, 40, 10]).max() < 6  # not colour-swapped
+    top = vis[:140, :].reshape(-1, 3)
+    assert (top.min(1) > 200).sum() > 100  # white class-name text drawn over the top left
+    rec = json.loads((tmp_path / "p" / "predictions.jsonl").read_text().splitlines()[0])
+    assert len(rec["topk"]) == 5

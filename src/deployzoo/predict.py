@@ -210,7 +210,8 @@ def _predict(engine: str | Path | Loaded, source: str | Path, out_dir: Path, *, 
                 elif fmt != "jsonl":
                     task.write_format(fmt, item.name, rec, out_dir)
             if save_img and img is not None:
-                save_rendered(vis_dir / Path(item.name).with_suffix(".jpg"), task.render(img, rec))
+                vis = task.render(img, rec)  # in the engine's colour order; files are written BGR
+                save_rendered(vis_dir / task.vis_name(item), vis if eng.input.bgr else vis[..., ::-1])
             line = {"image": item.name, **{k: v for k, v in rec.items() if not k.startswith("_")}}
             write_all(fp, json.dumps(line, separators=(",", ":")) + "\n")
 

@@ -48,9 +48,13 @@ class Task(ABC):
 
     @abstractmethod
     def render(self, img: np.ndarray, record: dict[str, Any]) -> np.ndarray:
-        """The image with the record drawn on it (--save-img)."""
+        """The image with the record drawn on it (--save-img), in the colour order it came in (the engine's)."""
 
     # ------------------------------------------------------------------ hooks with defaults
+    def vis_name(self, item: Any) -> str:
+        """The --save-img file of a source item, relative to OUT/vis (one per record)."""
+        return str(Path(item.name).with_suffix(".jpg"))
+
     def list_source(self, source: str | Path) -> tuple[Path, list[Any]]:
         """(root, [SourceItem]) of a --source; default: the images of a directory, file or list file. A task
         overrides it for sources of its own (an IJB-C root with landmarks, a COCO root with its json)."""

@@ -8,6 +8,7 @@ to a mean absolute difference under one grey level), softmax + top-k on the devi
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,14 @@ def resize_center_crop_tensor(img: torch.Tensor, resize: int, crop: int, interpo
     if (oh, ow) != (h, w):
         img = TF.resize(img, [oh, ow], interpolation=InterpolationMode(interpolation), antialias=True)
     return TF.center_crop(img, [crop, crop])
+
+
+@functools.lru_cache(maxsize=1)
+def imagenet_class_names() -> tuple[str, ...]:
+    """The 1000 ImageNet-1k class names in class-index (sorted wnid) order, as torchvision ships them."""
+    from torchvision.models import ResNet50_Weights
+
+    return tuple(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -122,4 +131,17 @@ class ClassificationTask(Task):
         raise ValueError(fmt)
 
     def render(self, img: np.ndarray, record: dict[str, Any]) -> np.ndarray:
-        return img
+        """The image with its top-k classes (ImageNet names) and probabilities written on it."""
+        import cv2
+
+        out = np.ascontiguousarray(img).copy()
+        scale = max(0.4, min(out.shape[:2]) / 400)
+        names = imagenet_class_names()
+        for k, (c, p) in enumerate(record["topk"]):
+            name = names[c] if c < len(names) else f"class {c}"
+            t = f"{p:.2f} {name}" if k else f"{name} {p:.2f}"
+            y = int((20 + 22 * k) * scale)
+            thick = 2 if k == 0 else 1
+            cv2.putText(out, t, (6, y), cv2.FONT_HERSHEY_SIMPLEX, 0.6 * scale, (0, 0, 0), thick + 2, cv2.LINE_AA)
+            cv2.putText(out, t, (6, y), cv2.FONT_HERSHEY_SIMPLEX, 0.6 * scale, (255, 255, 255), thick, cv2.LINE_AA)
+        return out

@@ -220,7 +220,7 @@ class FaceRecognitionTask(Task):
                                  "no landmarks were given (use an IJB-C root, a landmarks file or a RetinaFace "
                                  "predictions.jsonl as the source)")
         x = normalise(img, spec.mean, spec.std)
-        return Prepared(x, {"row": meta.get("row", 0), "score": meta.get("score")})
+        return Prepared(x, {"row": meta.get("row", 0), "score": meta.get("score"), "crop": img})
 
     def collate(self, items: list[Prepared], spec: InputSpec) -> np.ndarray:
         return np.stack([p.tensor for p in items])
@@ -242,6 +242,8 @@ class FaceRecognitionTask(Task):
                                    "_embedding": e}
             if meta.get("score") is not None and np.isfinite(meta["score"]):
                 rec["score"] = round(float(meta["score"]), 6)
+            if meta.get("crop") is not None:
+                rec["_crop"] = meta["crop"]  # the aligned face (--save-img)
             records.append(rec)
         return records
 
@@ -260,7 +262,23 @@ class FaceRecognitionTask(Task):
         raise ValueError(f"format {fmt} is written through open_format")
 
     def render(self, img: np.ndarray, record: dict[str, Any]) -> np.ndarray:
-        return img
+        """The aligned face the embedding was taken from, at 2x, with its embedding norm and detector score."""
+        import cv2
+
+        crop = record.get("_crop")
+        out = cv2.resize(crop if crop is not None else img, (2 * INPUT_SIZE, 2 * INPUT_SIZE),
+                         interpolation=cv2.INTER_NEAREST)
+        text = [f"norm {record['norm']:.2f}"] + ([f"det {record['score']:.2f}"] if "score" in record else [])
+        for k, t in enumerate(text):
+            y = 16 + 18 * k
+            cv2.putText(out, t, (4, y), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 3, cv2.LINE_AA)
+            cv2.putText(out, t, (4, y), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
+        return out
+
+    def vis_name(self, item: SourceItem) -> str:
+        """One file per face: an image with several faces (landmark rows) gets one per row."""
+        stem = str(Path(item.name).with_suffix(""))
+        return f"{stem}_face{int(item.meta['row'])}.jpg" if item.meta.get("landmarks") is not None else f"{stem}.jpg"
 
 
 
