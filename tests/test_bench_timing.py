@@ -247,3 +247,48 @@ def test_cuda_event_timing_and_gpu_facts(mnet_random_onnx, tmp_path):
     assert "one CUDA stream each" in r2["timed"]
     host = bench_engine(eng, BenchConfig(batches=(4,), iters=5, warmup=2, imgsz=(128, 128), timing="host"))[0]
     _check_row(host, "host", 1, 5)
+
+
+# ------------------------------------------------------------------------------------ rounds and noise (issue 15)
+def _row(engine, ips, measured="2026-12-04T05:00:00+00:00", batch=1):
+    return {"engine": engine, "mode": "engine", "batch": batch, "streams": 1, "throughput_ips": ips,
+            "measured": measured, "backend": "ort", "precision": "fp32"}
+
+
+def test_rounds_merge_to_the_median_round_with_spread_and_noise():
+    from deployzoo.bench import merge_rounds
+
+    rounds = [[_row("a", 100.0), _row("b", 50.0)], [_row("a", 130.0, "2026-12-04T05:01:00+00:00"), _row("b", 51.0)],
+              [_row("a", 110.0), _row("b", 49.0)]]
+    a, b = merge_rounds(rounds)
+    assert (a["engine"], b["engine"]) == ("a", "b")  # the first round's order
+    assert a["throughput_ips"] == 110.0 and a["throughput_rounds"] == [100.0, 130.0, 110.0]
+    assert (a["throughput_min"], a["throughput_max"], a["rounds"]) == (100.0, 130.0, 3)
+    assert a["spread"] == pytest.approx(30 / 110, abs=1e-4) and a["noise"] == "rounds disagree by 27%"
+    assert b["throughput_ips"] == 50.0 and b["noise"] is None  # 4% apart: not flagged
+    assert a["measured"] == "2026-12-04T05:00:00+00:00"
+    busy = merge_rounds(rounds, "load average 3.1 on 2 cores before it started")
+    assert busy[1]["noise"] == "load average 3.1 on 2 cores before it started"
+    assert merge_rounds([[_row("a", 100.0)]])[0]["noise"] is None  # one round: no spread to judge
+
+
+def test_a_loaded_machine_is_named():
+    from deployzoo.bench import LoadProbe, machine_noise
+
+    assert machine_noise({"load1_before": 0.2, "cores": 2, "steal_pct": 0.0}) is None
+    assert machine_noise({"load1_before": 1.5, "cores": 2, "steal_pct": 9.5}) == (
+        "load average 1.5 on 2 cores before it started; 9.5% of CPU time stolen by the hypervisor")
+    load = LoadProbe().result()
+    assert load["cores"] >= 1 and set(load) == {"load1_before", "cores", "steal_pct"}
+
+
+def test_bench_runs_interleaved_rounds(mnet_random_fp32, tmp_path):
+    res = bench([mnet_random_fp32], BenchConfig(**{**FAST, "rounds": 2}))
+    (row,) = res["rows"]
+    assert row["rounds"] == 2 and len(row["throughput_rounds"]) == 2 and row["measured"]
+    assert row["throughput_min"] <= row["throughput_ips"] <= row["throughput_max"]
+    assert res["config"]["rounds"] == 2 and "steal_pct" in res["machine_load"]
+    md = bench_markdown(res)
+    assert "in 2 interleaved rounds" in md and "| min-max over rounds |" in md
+    with pytest.raises(DeployzooError, match="--rounds 0"):
+        bench([mnet_random_fp32], BenchConfig(**{**FAST, "rounds": 0}))

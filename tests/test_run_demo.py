@@ -87,3 +87,26 @@ def test_default_precisions_leave_out_what_the_backend_does_not_build(tmp_path):
     with pytest.raises(SystemExit) as exc:
         main(["run", "mobilenetv1", "--backend", "torch", "--precisions", "fp32,int8", "-o", str(tmp_path / "r2")])
     assert exc.value.code == 2 and not (tmp_path / "r2" / "data").exists()
+
+
+@pytest.mark.slow
+def test_rebench_and_no_cache_measure_again_and_the_report_says_when(tmp_path):
+    out = tmp_path / "run"
+    args = ["run", "mobilenetv1", "--data", "demo", "--demo-images", "4", "--precisions", "fp32", "--batches", "1",
+            "--iters", "2", "--warmup", "1", "--rounds", "2", "--no-reference", "-o", str(out)]
+    run_cli(args)
+    rep = json.loads((out / "report.json").read_text())
+    (row,) = [r for r in rep["bench"] if r["mode"] == "engine"]
+    assert row["rounds"] == 2 and len(row["throughput_rounds"]) == 2
+    md = (out / "report.md").read_text()
+    assert "2 interleaved rounds (every engine once per round; the median round shown)" in md
+    assert f"Measured {row['measured']}" in md and "`--rebench` measures again" in md
+    assert "| min-max over rounds | noisy |" in md
+    stamp = lambda: {p.name: p.stat().st_mtime_ns for p in (out / "stages").iterdir()}  # noqa: E731
+    first = stamp()
+    run_cli(args + ["--rebench"])  # the benchmark again, the scores kept
+    second = stamp()
+    assert second["bench.json"] != first["bench.json"] and second["eval-fp32.json"] == first["eval-fp32.json"]
+    run_cli(args + ["--no-cache"])  # every stage again
+    third = stamp()
+    assert all(third[k] != second[k] for k in ("bench.json", "eval-fp32.json"))

@@ -91,13 +91,18 @@ class BenchConfig:
     min_seconds: float = 0.0
     timing: str | None = None  # device | host; None: device where the runner takes tensors, else host
     streams: int = 1
+    rounds: int = 1  # bench(): every engine measured once per round, interleaved; rows are the median round
 
+
+NOISE_SPREAD = 0.15  # rounds whose img/s spread (max - min) / median exceeds this are flagged
 
 def check_config(cfg: BenchConfig) -> None:
     if cfg.timing not in (None, "auto", *TIMINGS):
         raise DeployzooError(f"--timing {cfg.timing!r}: expected one of {', '.join(TIMINGS)}")
     if not isinstance(cfg.streams, int) or cfg.streams < 1:
         raise DeployzooError(f"--streams {cfg.streams!r}: expected a positive integer (concurrent workers)")
+    if not isinstance(cfg.rounds, int) or cfg.rounds < 1:
+        raise DeployzooError(f"--rounds {cfg.rounds!r}: expected a positive integer (interleaved rounds)")
     if cfg.iters < 1 or cfg.warmup < 0:
         raise DeployzooError(f"--iters {cfg.iters} / --warmup {cfg.warmup}: need iters >= 1 and warmup >= 0")
 
@@ -122,7 +127,7 @@ def bench_engine(engine_dir: str | Path, cfg: BenchConfig) -> list[dict[str, Any
             "engine": str(engine_dir), "model": e.label, "backend": e.backend, "precision": e.precision,
             "input_hw": list(hw), "origin_size_engine": e.input.origin,
             "device": loaded.runner.device, "threads": cfg.threads or "runtime default",
-            "warnings": list(e.warnings),
+            "warnings": list(e.warnings), "measured": now_iso(),
         }
         rng = np.random.default_rng(0)
         ok = [b for b in cfg.batches if e.batch.allows(b)]
@@ -277,16 +282,93 @@ def _bench_e2e(loaded: Any, cfg: BenchConfig, common: dict[str, Any]) -> list[di
     return rows
 
 
+class LoadProbe:
+    """How busy the machine was around a measurement: the 1-minute load average before it and the share of CPU time
+    the hypervisor stole during it (/proc/stat; Linux only, None elsewhere)."""
+
+    def __init__(self) -> None:
+        self.load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+        self.cpu0 = self._cpu_times()
+
+    @staticmethod
+    def _cpu_times() -> list[int] | None:
+        try:
+            with open("/proc/stat", encoding="ascii") as f:
+                return [int(v) for v in f.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+
+    def result(self) -> dict[str, Any]:
+        cpu1 = self._cpu_times()
+        steal = None
+        if self.cpu0 and cpu1 and len(cpu1) > 7:
+            total = sum(cpu1) - sum(self.cpu0)
+            steal = round(100.0 * (cpu1[7] - self.cpu0[7]) / total, 2) if total > 0 else 0.0
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return {"load1_before": None if self.load_before is None else round(self.load_before, 2), "cores": cores,
+                "steal_pct": steal}
+
+
+def machine_noise(load: dict[str, Any]) -> str | None:
+    """Why the machine itself makes a measurement doubtful (None: it looked idle)."""
+    why = []
+    if load.get("load1_before") is not None and load["load1_before"] > 0.5 * load["cores"]:
+        why.append(f"load average {load['load1_before']} on {load['cores']} cores before it started")
+    if load.get("steal_pct") is not None and load["steal_pct"] > 5.0:
+        why.append(f"{load['steal_pct']}% of CPU time stolen by the hypervisor")
+    return "; ".join(why) or None
+
+
+def merge_rounds(rounds: list[list[dict[str, Any]]], machine_why: str | None = None) -> list[dict[str, Any]]:
+    """One row per (engine, mode, batch): the median round's row (by img/s), with every round's img/s, the
+    min-max, the spread and a `noise` note when rounds disagree by more than NOISE_SPREAD or the machine was busy."""
+    keyed: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for rows in rounds:
+        for r in rows:
+            keyed.setdefault((r["engine"], r["mode"], r["batch"], r.get("streams")), []).append(r)
+    out = []
+    for rs in keyed.values():
+        ips = [float(r["throughput_ips"]) for r in rs]
+        order = sorted(range(len(rs)), key=lambda k: ips[k])
+        med_row = dict(rs[order[(len(rs) - 1) // 2]])
+        med = med_row["throughput_ips"]
+        spread = (max(ips) - min(ips)) / med if med > 0 else 0.0
+        notes = []
+        if len(rs) > 1 and spread > NOISE_SPREAD:
+            notes.append(f"rounds disagree by {100 * spread:.0f}%")
+        if machine_why:
+            notes.append(machine_why)
+        med_row.update({"rounds": len(rs), "throughput_rounds": ips, "throughput_min": min(ips),
+                        "throughput_max": max(ips), "spread": round(spread, 4), "noise": "; ".join(notes) or None,
+                        "measured": min(r["measured"] for r in rs)})
+        out.append(med_row)
+    return out
+
+
+def bench_rounds(engines: list[str | Path], cfg: BenchConfig) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Every engine once per round for cfg.rounds rounds (interleaved, so a slow minute of the machine does not
+    fall on one engine only); (merged rows, machine load)."""
+    probe = LoadProbe()
+    one = BenchConfig(**{**cfg.__dict__, "rounds": 1})
+    rounds = []
+    for k in range(cfg.rounds):
+        if cfg.rounds > 1:
+            log.info("bench round %d of %d", k + 1, cfg.rounds)
+        rounds.append([r for e in engines for r in bench_engine(e, one)])
+    load = probe.result()
+    return merge_rounds(rounds, machine_noise(load)), load
+
+
 def bench(engines: list[str | Path], cfg: BenchConfig) -> dict[str, Any]:
     if not engines:
         raise DeployzooError("bench: give at least one ENGINE_DIR")
     check_config(cfg)
-    rows: list[dict[str, Any]] = []
-    for e in engines:
-        rows.extend(bench_engine(e, cfg))
+    rows, load = bench_rounds(list(engines), cfg)
     return {
         "created": now_iso(), "machine": machine(), "versions": versions(), "gpu": gpu_info(cfg.device),
+        "machine_load": load,
         "config": {"batches": list(cfg.batches), "iters": cfg.iters, "warmup": cfg.warmup, "threads": cfg.threads,
+                   "rounds": cfg.rounds,
                    "timing": cfg.timing or "device where the engine takes device tensors, else host",
                    "streams": cfg.streams,
                    "imgsz_for_origin_engines": list(cfg.imgsz or DEFAULT_ORIGIN_HW), "e2e_source": str(cfg.e2e_source) if cfg.e2e_source else None},

@@ -35,9 +35,10 @@ class StageCache:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
 
-    def get_or_compute(self, name: str, identity: Any, compute: Callable[[], Any]) -> Any:
+    def get_or_compute(self, name: str, identity: Any, compute: Callable[[], Any], force: bool = False) -> Any:
+        """The value kept for (`name`, `identity`), else compute() kept; `force` computes it again."""
         path, key = self.root / f"{name}.json", content_key(identity)[:16]
-        if path.is_file():
+        if path.is_file() and not force:
             try:
                 d = json.loads(path.read_text())
                 if d.get("key") == key:

@@ -362,6 +362,8 @@ def bench(
     timing: Optional[str] = typer.Option(None, help="device (input already on the engine's device, CUDA events on a "
                                          "GPU) | host (host arrays, copies timed; ORT always). Default: device where "
                                          "the engine takes device tensors."),
+    rounds: int = typer.Option(3, help="Interleaved rounds: every engine once per round; each row is the median round, "
+                               "with the min-max and a noise flag (rounds > 15% apart, a loaded machine)."),
     streams: int = typer.Option(1, help="Concurrent workers (threads, one CUDA stream each on a GPU); throughput is "
                                 "their aggregate."),
     e2e: bool = typer.Option(False, "--e2e", help="Also time files -> predictions with the stage split."),
@@ -383,7 +385,7 @@ def bench(
     hw = parse_imgsz(imgsz) if imgsz else None
     cfg = BenchConfig(batches=_ints(batch, "--batch"), iters=iters, warmup=warmup, threads=threads, device=device,
                       imgsz=None if hw in (None, "origin") else tuple(hw), e2e_source=source if e2e else None,
-                      e2e_limit=limit, timing=timing, streams=streams, pipeline=pipeline)
+                      e2e_limit=limit, timing=timing, streams=streams, pipeline=pipeline, rounds=rounds)
     with _on_interrupt(lambda: "no benchmark result written (bench writes its tables when every engine is "
                        "measured); run it again"):
         result = run_bench([str(e) for e in engines], cfg)
@@ -428,12 +430,24 @@ def run(
     threads: Optional[int] = typer.Option(None),
     demo_images: Optional[int] = typer.Option(None, help="Images in the generated demo dataset (default: the "
                                               "task's, 24; Mask R-CNN 8)."),
+    rounds: int = typer.Option(3, help="Interleaved benchmark rounds (median shown, with the min-max and a noise flag)."),
+    rebench: bool = typer.Option(False, "--rebench", help="Measure the benchmark again instead of reusing the one kept "
+                                 "in RUN_DIR/stages."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Predict, score and measure again (every stage kept in "
+                                  "RUN_DIR/stages); engines in RUN_DIR/cache are reused: delete that directory to "
+                                  "build them again."),
     max_drop: Optional[float] = typer.Option(None, "--max-drop", help="int8: planned on the backend and each peer "
                                              "that can (the fastest mix of int8 and float layer groups within this "
                                              "many points of fp32 on held-out calibration images; see build)."),
     req: dict = None,  # request_options' values
 ) -> None:
-    """Export, build per precision, predict + eval, bench per batch; write RUN_DIR/report.md + report.json."""
+    """Export, build per precision, predict + eval, bench per batch; write RUN_DIR/report.md + report.json.
+
+    Every finished stage is kept and reused by the same command: exported graphs and engines in RUN_DIR/cache,
+    predictions in RUN_DIR/predictions, scores and benchmark rows (with when they were measured) in RUN_DIR/stages.
+    --rebench measures the benchmark again, --no-cache every stage; delete RUN_DIR/cache (or RUN_DIR) to clear it.
+    Downloaded weights are kept under $DEPLOYZOO_CACHE/weights (default ~/.cache/deployzoo/weights).
+    """
     from deployzoo.registry import canonical_precision
     from deployzoo.run import RunConfig, run_pipeline
 
@@ -446,6 +460,7 @@ def run(
         peers=tuple(b.strip().lower() for b in peers.split(",") if b.strip()),
         bench_imgsz=bench_imgsz, iters=iters,
         warmup=warmup, threads=threads, demo_images=demo_images, device=device, build_options=opts, max_drop=max_drop,
+        rounds=rounds, rebench=rebench, no_cache=no_cache,
         **{k: v for k, v in req.items() if k not in _BUILD_OPTIONS},
     )
     with _on_interrupt(lambda: f"every finished stage is kept in {output} (engines, predictions, scores, benchmark "

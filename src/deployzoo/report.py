@@ -18,16 +18,31 @@ def md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
+def spread_cell(r: dict[str, Any]) -> str:
+    """min-max img/s over the interleaved rounds ('-' for one round)."""
+    if r.get("rounds", 1) < 2:
+        return "-"
+    return f"{r['throughput_min']:.1f}-{r['throughput_max']:.1f}"
+
+
+def noise_note(rows: list[dict[str, Any]]) -> str:
+    """The rows measured while the machine was noisy, in one sentence ('' when none)."""
+    noisy = [f"{r['backend']} {r['precision']} bs{r['batch']} ({r['noise']})" for r in rows if r.get("noise")]
+    return ("**Noisy:** " + "; ".join(noisy) + ". Differences smaller than the spread are not findings.") if noisy else ""
+
+
 def throughput_table(rows: list[dict[str, Any]]) -> str:
     eng = [r for r in rows if r["mode"] == "engine"]
     body = [
         [r["model"], r["backend"], r["precision"], r["batch"], "x".join(map(str, r["input_hw"])), r.get("streams", 1),
-         r.get("timing", "host"), round(r["throughput_ips"], 1), f"{r['p50_ms']:.1f}", f"{r['p90_ms']:.1f}",
-         f"{r['p99_ms']:.1f}", f"{r['max_ms']:.1f}", r["iters"], r["engine_peak_rss_mib"]]
+         r.get("timing", "host"), round(r["throughput_ips"], 1), spread_cell(r), f"{r['p50_ms']:.1f}",
+         f"{r['p90_ms']:.1f}", f"{r['p99_ms']:.1f}", f"{r['max_ms']:.1f}", r["iters"], r["engine_peak_rss_mib"],
+         "yes" if r.get("noise") else ""]
         for r in eng
     ]
     return md_table(["Model", "Backend", "Precision", "Batch", "Input", "Streams", "Timing", "Throughput (img/s)",
-                     "p50 ms", "p90 ms", "p99 ms", "max ms", "iters", "engine RSS MiB"], body)
+                     "min-max over rounds", "p50 ms", "p90 ms", "p99 ms", "max ms", "iters", "engine RSS MiB",
+                     "noisy"], body)
 
 
 TIMING_TEXT = {
@@ -53,8 +68,11 @@ def gpu_line(g: dict[str, Any]) -> str:
 def timed_text(result: dict[str, Any]) -> str:
     cfg, eng = result["config"], [r for r in result["rows"] if r["mode"] == "engine"]
     modes = sorted({r.get("timing", "host") for r in eng} & set(TIMING_TEXT))
+    rounds = cfg.get("rounds", 1)
     text = (f"Timed: each iteration is {'; '.join(TIMING_TEXT[t] for t in modes) or 'one engine call'}. "
-            f"{cfg['warmup']} warm-up iterations, then at least {cfg['iters']} timed per stream. Latency is per batch")
+            f"{cfg['warmup']} warm-up iterations, then at least {cfg['iters']} timed per stream"
+            + (f", in {rounds} interleaved rounds (every engine once per round; the median round is shown)"
+               if rounds > 1 else "") + ". Latency is per batch")
     if any(r.get("streams", 1) > 1 for r in eng):
         text += (" and per request over all streams; with N streams, N threads (one CUDA stream each on a GPU) run at "
                  "once from a barrier and throughput is all images over the wall time of the concurrent section")
@@ -84,6 +102,9 @@ def bench_markdown(result: dict[str, Any]) -> str:
         "",
         timed_text(result),
     ]
+    noise = noise_note(result["rows"])
+    if noise:
+        parts += ["", noise]
     e2e = e2e_table(result["rows"])
     if e2e:
         parts += ["", "## End to end (files -> predictions)", e2e, "",
@@ -202,17 +223,25 @@ def run_markdown(*, title: str, warnings: list[str], data: Any, settings: str, a
                "Files on disk to predictions on disk (`predict`), per image: read + pre-process run in a thread pool "
                "beside inference, so stage times can sum to more than the wall time per image.", "",
                md_table(["Model", "Precision", "Batch", "img/s", *(f"{s} ms/img" for s in stages)], stage_rows), ""]
+    eng_rows = [r for r in bench_rows if r["mode"] == "engine"]
     perf_rows = [[r["model"], f"{r['backend']} {r['precision']}", r["batch"], f"{r['throughput_ips']:.2f}",
-                  f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}", r.get("timing", "host")]
-                 for r in bench_rows if r["mode"] == "engine"]
+                  f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}", r.get("timing", "host"), spread_cell(r),
+                  "yes" if r.get("noise") else ""] for r in eng_rows]
     hw = bench_rows[0]["input_hw"] if bench_rows else None
+    rounds = max((r.get("rounds", 1) for r in eng_rows), default=1)
+    when = sorted(r["measured"] for r in eng_rows if r.get("measured"))
     md += [
-        "## Throughput", f"Engine-only, input {hw[0]}x{hw[1]}, {warmup} warm-up + {iters} timed iterations per batch; "
-        f"threads: {threads or 'runtime default'}. `torch ...` rows are eager PyTorch, the reference peer (same "
-        "build options as the engines)." if hw else "",
+        "## Throughput", f"Engine-only, input {hw[0]}x{hw[1]}, {warmup} warm-up + {iters} timed iterations per batch"
+        + (f", {rounds} interleaved rounds (every engine once per round; the median round shown)" if rounds > 1 else "")
+        + f"; threads: {threads or 'runtime default'}. `torch ...` rows are eager PyTorch, the reference peer (same "
+        "build options as the engines)." + (f" Measured {when[0]}" + (f" to {when[-1]}" if when[-1] != when[0] else "")
+                                            + " (kept in RUN_DIR/stages: `--rebench` measures again)." if when else "")
+        if hw else "",
         "Timing `device`: input already on the engine's device, inference only (the PyTorch-based backends); "
         "`host`: from a host array, copies in and out included (ONNX Runtime, OpenVINO)." if hw else "",
-        "", md_table(["Model", "Engine", "Batch", "Throughput (img/s)", "p50 ms", "p99 ms", "Timing"], perf_rows), "",
+        "", md_table(["Model", "Engine", "Batch", "Throughput (img/s)", "p50 ms", "p99 ms", "Timing",
+                      "min-max over rounds", "noisy"], perf_rows), "",
+        *([noise_note(eng_rows), ""] if noise_note(eng_rows) else []),
         "Plots: " + "".join(f"[{data.plot_name} {p}]({data.plot_name.lower()}_{p}.png), " for p in precisions
                             if data.plot_name) + "[throughput](throughput.png)", "",
     ]

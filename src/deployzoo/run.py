@@ -11,13 +11,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from deployzoo.bench import BenchConfig, bench_engine
+from deployzoo.bench import BenchConfig, bench_rounds
 from deployzoo.cache import StageCache, cached_engine
 from deployzoo.engine import RANDOM_WEIGHTS_WARNING, Engine, machine, now_iso, read_manifest, versions
 from deployzoo.files import atomic_write_text, write_json
 from deployzoo.errors import DeployzooError
 from deployzoo.export import parse_imgsz
-from deployzoo.pipeline import STAGES
+from deployzoo.pipeline import STAGES, StageTimes, load_engine, run_batches
 from deployzoo.predict import SUMMARY_FILE, predict
 from deployzoo.quant.calib import make_calib_set
 from deployzoo.quant.planner import PLOT_FILE
@@ -56,6 +56,9 @@ class RunConfig:
     predict_batch: int | None = None  # None: the model's default
     device: str | None = None  # cpu | cuda | cuda:N; None: cuda if present
     build_options: dict[str, Any] = field(default_factory=dict)  # torch / aoti build options (torch_common)
+    rounds: int = 3  # interleaved benchmark rounds (bench.bench_rounds)
+    rebench: bool = False  # measure the benchmark again instead of reusing RUN_DIR/stages
+    no_cache: bool = False  # predict, score and measure again (engines are still reused)
     float_groups: str | tuple[str, ...] | None = None  # int8: layer groups kept float (None: the backend's default)
     max_drop: float | None = None  # int8 planned (quant/planner.py) within this drop on every backend that can
 
@@ -194,6 +197,14 @@ class AccuracyStage:
     stage_rows: list[list[Any]] = field(default_factory=list)  # end-to-end stage times of the predict passes
 
 
+def warm_up(loaded: Any, source: Any, batch: int) -> None:
+    """Two batches of the source through the engine, results dropped: the first calls' lazy initialisation (kernels,
+    thread pools, decoders) would otherwise land in the first precision's stage times."""
+    _, items = task_source(loaded.task, source)
+    run_batches(loaded, items[: 2 * batch], batch=batch, on_result=lambda *a: None, on_skip=lambda *a: None,
+                times=StageTimes(), workers=1)
+
+
 def accuracy_stage(plan: RunPlan) -> AccuracyStage:
     """Per precision: build (or reuse) the engine, predict over the evaluation set (resuming an interrupted
     pass), score it, and measure its agreement with the fp32 engine's predictions."""
@@ -206,14 +217,18 @@ def accuracy_stage(plan: RunPlan) -> AccuracyStage:
         def predict_and_score(e: Engine = e, pred_dir: Path = pred_dir, prec: str = prec) -> dict[str, Any]:
             # resume an interrupted predict of this same engine and settings; any other predictions are replaced
             (pred_dir / "stage.key").unlink(missing_ok=True)  # the marker of older versions: predict keeps its own
-            predict(e.dir, data.source, pred_dir, batch=plan.predict_batch, formats=("jsonl", *data.pred_formats),
-                    resume="auto", threads=cfg.threads, device=cfg.device)
+            loaded = load_engine(e.dir, threads=cfg.threads, device=cfg.device)
+            warm_up(loaded, data.source, plan.predict_batch)  # lazy init off the stage times
+            predict(loaded, data.source, pred_dir, batch=plan.predict_batch, formats=("jsonl", *data.pred_formats),
+                    resume=False if cfg.no_cache else "auto", overwrite=cfg.no_cache, threads=cfg.threads,
+                    device=cfg.device)
             plot = plan.out / f"{data.plot_name.lower()}_{prec}.png" if data.plot_name else None
             return data.evaluate(pred_dir, plot, title=f"{plan.spec.name} {plan.variant} {prec}")
 
         identity = {"engine": e.graph_sha256, "prec": prec, "created": e.created, "data": str(data.source),
                     "post": dict(e.post)}
-        res = res_all.accuracy[prec] = plan.stages.get_or_compute(f"eval-{prec}", identity, predict_and_score)
+        res = res_all.accuracy[prec] = plan.stages.get_or_compute(f"eval-{prec}", identity, predict_and_score,
+                                                                  force=cfg.no_cache)
         for w in data.sample_warnings(res):  # the same for every precision: said once
             if w not in plan.warnings:
                 plan.warnings.append(w)
@@ -259,12 +274,16 @@ def bench_stage(plan: RunPlan, engines: dict[str, Engine]) -> list[dict[str, Any
         caps = backend_capabilities(b)
         targets.extend((f"{p}-{b}", plan.engine(b, p)) for p in cfg.precisions if p in caps.precisions)
     bcfg = BenchConfig(batches=plan.batches, iters=cfg.iters, warmup=cfg.warmup, threads=cfg.threads,
-                       device=cfg.device, imgsz=None if plan.bench_hw in (None, "origin") else tuple(plan.bench_hw))
-    rows: list[dict[str, Any]] = []
-    for label, e in targets:
-        identity = {"engine": str(e.dir), "created": e.created, "cfg": bcfg.__dict__}
-        rows.extend(plan.stages.get_or_compute(f"bench-{label}", identity, lambda e=e: bench_engine(e.dir, bcfg)))
-    return rows
+                       device=cfg.device, imgsz=None if plan.bench_hw in (None, "origin") else tuple(plan.bench_hw),
+                       rounds=cfg.rounds)
+    # every engine in one stage, interleaved round by round (a new peer measures them all again)
+    identity = {"engines": [[str(e.dir), e.created] for _, e in targets], "cfg": bcfg.__dict__}
+
+    def measure() -> dict[str, Any]:
+        rows, load = bench_rounds([e.dir for _, e in targets], bcfg)
+        return {"rows": rows, "machine_load": load}
+
+    return plan.stages.get_or_compute("bench", identity, measure, force=cfg.rebench or cfg.no_cache)["rows"]
 
 
 def int8_plans(plan: RunPlan) -> dict[str, dict[str, Any]]:
