@@ -28,7 +28,6 @@ from __future__ import annotations
 import logging
 import math
 import shutil
-import statistics
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -36,7 +35,7 @@ from typing import Any
 
 import onnx
 
-from deployzoo.bench import BenchConfig, bench_engine
+from deployzoo.bench import BenchConfig, bench_rounds
 from deployzoo.build import build
 from deployzoo.engine import Engine, is_engine_dir
 from deployzoo.errors import DeployzooError
@@ -90,12 +89,10 @@ def engine_records(engine: Engine, items: list[Any]) -> list[dict[str, Any]]:
 
 
 def speeds(engines: list[Engine], batch: int, rounds: int = ROUNDS) -> list[float]:
-    """Engine-only img/s of each engine: the median of `rounds` interleaved rounds."""
-    got: list[list[float]] = [[] for _ in engines]
-    for _ in range(rounds):
-        for k, eng in enumerate(engines):
-            got[k].append(float(bench_engine(eng.dir, BenchConfig(batches=(batch,), **BENCH))[0]["throughput_ips"]))
-    return [statistics.median(v) for v in got]
+    """Engine-only img/s of each engine: the median of `rounds` interleaved rounds (bench.bench_rounds)."""
+    rows, _ = bench_rounds([e.dir for e in engines], BenchConfig(batches=(batch,), rounds=rounds, **BENCH))
+    by_dir = {r["engine"]: float(r["throughput_ips"]) for r in rows}
+    return [by_dir[str(e.dir)] for e in engines]
 
 
 def available_groups(graph: Graph, recipe_groups: tuple[str, ...]) -> list[str]:
