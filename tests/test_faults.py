@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import signal
+import threading
 import subprocess
 import sys
 import time
@@ -186,7 +187,9 @@ def test_ctrl_c_redressed_by_a_c_extension_is_still_an_interruption(tiny_onnx, t
 
     def import_hit_by_ctrl_c(*a, **k):
         try:
-            os.kill(os.getpid(), signal.SIGINT)  # the real signal, through the handler main installs
+            # the real signal, through the handler main installs; aimed at the main thread (os.kill lets the kernel
+            # hand it to any thread, e.g. a runtime's pool left by an earlier test, and the sleep then runs out)
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
             time.sleep(1)
         except KeyboardInterrupt:
             raise ImportError("initialization failed") from None
@@ -195,6 +198,7 @@ def test_ctrl_c_redressed_by_a_c_extension_is_still_an_interruption(tiny_onnx, t
         name, precisions, needs_onnx = "ort", ("fp32",), True
         build = staticmethod(import_hit_by_ctrl_c)
 
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # what a terminal gives main, whatever ran before
     before = signal.getsignal(signal.SIGINT)
     monkeypatch.setattr(build_mod, "get_backend", lambda name: Backend())
     code, _, err = cli(["build", tiny_onnx, "-o", tmp_path / "eng"], capsys)
