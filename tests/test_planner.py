@@ -185,3 +185,18 @@ def test_float_groups_are_checked_in_one_line():
         parse_float_groups("necks")
     with pytest.raises(DeployzooError, match="unknown group 'early:x'"):
         BuildRequest.create("mobilenetv1", float_groups=("early:x",))
+
+
+@need_fixture(MNET_WEIGHTS)
+@need_fixture(COCO)
+def test_plan_flag_plans_within_the_default_half_point(mnet320, tmp_path, capsys):
+    from deployzoo.cli import DEFAULT_MAX_DROP, main
+
+    assert DEFAULT_MAX_DROP == 0.5
+    try:
+        main(["build", str(mnet320), "--precision", "int8", "--calib", str(COCO), "--calib-size", "32", "--plan",
+              "-o", str(tmp_path / "e")])
+    except SystemExit as exc:  # no mix within half a point on this machine: the line names the drop asked for
+        assert exc.value.code == 2 and "--max-drop 0.5: no int8 mix stays within it" in capsys.readouterr().err
+        return
+    assert json.loads((tmp_path / "e" / "manifest.json").read_text())["int8_plan"]["max_drop"] == 0.5

@@ -51,6 +51,7 @@ def _print_version(value: bool) -> None:
         raise typer.Exit()
 
 
+DEFAULT_MAX_DROP = 0.5  # --plan without --max-drop: points of the task's agreement with fp32 (issue 14)
 _SIGINT_SEEN: list[bool] = []  # non-empty once Ctrl-C reached this process (see _sigint)
 
 
@@ -154,6 +155,8 @@ def build(
     max_drop: Optional[float] = typer.Option(None, "--max-drop", help="int8: plan the mix of int8 and float layer "
                                              "groups: the fastest one whose agreement with fp32 on held-out "
                                              "calibration images drops at most this many points (e.g. 0.5)."),
+    plan: bool = typer.Option(False, "--plan", help=f"int8: plan the mix within --max-drop, default "
+                              f"{DEFAULT_MAX_DROP} points."),
     req: dict = None,  # request_options' values
 ) -> None:
     """Build an engine directory (model file + manifest.json) at a precision."""
@@ -165,6 +168,8 @@ def build(
         graph = Graph.read(onnx_path)
         request = BuildRequest.for_graph(graph, **request_kwargs(req),
                                          post={"conf": conf, "iou": iou, "max_det": max_det, "top_k": top_k})
+        if plan and max_drop is None:
+            max_drop = DEFAULT_MAX_DROP
         if max_drop is not None:
             from deployzoo.quant.planner import plan_int8
             from deployzoo.report import int8_plan_table
@@ -439,6 +444,8 @@ def run(
     max_drop: Optional[float] = typer.Option(None, "--max-drop", help="int8: planned on the backend and each peer "
                                              "that can (the fastest mix of int8 and float layer groups within this "
                                              "many points of fp32 on held-out calibration images; see build)."),
+    plan: bool = typer.Option(False, "--plan", help=f"int8: planned within --max-drop, default {DEFAULT_MAX_DROP} "
+                              "points."),
     req: dict = None,  # request_options' values
 ) -> None:
     """Export, build per precision, predict + eval, bench per batch; write RUN_DIR/report.md + report.json.
@@ -459,7 +466,8 @@ def run(
         predict_batch=predict_batch, data=data, gt=gt, reference=reference,
         peers=tuple(b.strip().lower() for b in peers.split(",") if b.strip()),
         bench_imgsz=bench_imgsz, iters=iters,
-        warmup=warmup, threads=threads, demo_images=demo_images, device=device, build_options=opts, max_drop=max_drop,
+        warmup=warmup, threads=threads, demo_images=demo_images, device=device, build_options=opts,
+        max_drop=DEFAULT_MAX_DROP if plan and max_drop is None else max_drop,
         rounds=rounds, rebench=rebench, no_cache=no_cache,
         **{k: v for k, v in req.items() if k not in _BUILD_OPTIONS},
     )
