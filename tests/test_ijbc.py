@@ -182,6 +182,22 @@ def test_synthetic_matches_official(synth, norm_score):
     assert res.n_neg == 6000 - res.n_pos
 
 
+def test_threshold_at_far_accepts_at_most_that_many_impostors(synth):
+    """The operating point kept for `faces compare / search`: above it at most floor(FAR x n_neg) impostor pairs,
+    and it is an impostor score itself (one impostor fewer would not do); in the json beside the TARs."""
+    sm, feats = synth
+    res = evaluate(feats, sm.layout.meta_dir, keep_scores=True)
+    neg = res.scores[res.labels == 0]
+    assert list(res.threshold_at_far) == list(FAR_LEVELS)
+    for far, t in res.threshold_at_far.items():
+        k = int(np.floor(far * len(neg)))
+        assert (neg > t).sum() <= k < (neg >= t).sum()
+        assert t in neg
+    assert res.threshold_at_far[1e-6] == neg.max() and res.threshold_at_far[1e-1] < res.threshold_at_far[1e-3]
+    js = res.to_json()["threshold_at_far"]
+    assert [float(k) for k in js] == list(FAR_LEVELS) and js["0.001"] == res.threshold_at_far[1e-3]
+
+
 @pytest.mark.parametrize("tile_bits,ratio", [((3, 4), 32), ((3, 4), 10 ** 6), ((4, 3), 1)])
 def test_scoring_tiles_and_gather_paths(synth, monkeypatch, tile_bits, ratio):
     """Many small tiles, scored by BLAS products (ratio 1), by gathering rows (huge ratio) or by a mix."""

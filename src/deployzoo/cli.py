@@ -24,6 +24,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Trained PyTorch model -> exported, built, scored and benchmarked inference engine.")
 eval_app = typer.Typer(no_args_is_help=True, help="Score predictions with a dataset's official protocol.")
 app.add_typer(eval_app, name="eval")
+faces_app = typer.Typer(no_args_is_help=True, help="Faces end to end: detect -> align -> embed -> compare or search.")
+app.add_typer(faces_app, name="faces")
 
 log = logging.getLogger("deployzoo")
 
@@ -204,6 +206,9 @@ def predict(
     iou: Optional[float] = typer.Option(None, help="NMS IoU override."),
     max_det: Optional[int] = typer.Option(None, help="Max detections override."),
     flip: Optional[bool] = typer.Option(None, "--flip/--no-flip", help="(face recognition) flip test (default on)."),
+    min_face_score: Optional[float] = typer.Option(None, help="(face recognition) detector score a face of a "
+                                                   "RetinaFace predictions.jsonl source needs to become a row "
+                                                   "(default 0.5)."),
     pipeline: str = typer.Option("auto", help="auto | host | device: decode / pre / post on the CPU (host) or on "
                                  "the engine's device (torch-based backends; auto: device when on CUDA)."),
     req: dict = None,  # request_options' values
@@ -229,7 +234,8 @@ def predict(
     with _on_interrupt(lambda: predict_kept(output)):
         s = run_predict(engine_dir, source, output, batch=batch, formats=formats, save_img=save_img, resume=resume,
                         overwrite=overwrite, threads=threads, device=device, pipeline=pipeline,
-                        post={"conf": conf, "iou": iou, "max_det": max_det, "flip": flip})
+                        post={"conf": conf, "iou": iou, "max_det": max_det, "flip": flip,
+                              "min_face_score": min_face_score})
     typer.echo(f"{s.written} images predicted ({s.resumed} already done, {s.skipped} skipped as unreadable or "
                f"unusable) in {s.seconds:.1f}s -> {s.out_dir}/predictions.jsonl")
     for w in s.warnings:
@@ -476,6 +482,219 @@ def run(
         rep = run_pipeline(cfg)
     typer.echo(rep.markdown)
     typer.echo(f"report: {rep.path}")
+
+
+# --------------------------------------------------------------------------------------------- faces
+
+_FACE_MODELS = {"detector": ("retinaface", "face_detection"), "recognizer": ("arcface", "face_recognition")}
+
+
+def _face_engine_plan(role: str, engine: str, precision: str) -> tuple[Path | None, str | None]:
+    """--detector / --recognizer checked before anything is built: (engine directory, None) or (None, model name)."""
+    from deployzoo.engine import Engine
+    from deployzoo.registry import get_model, model_names
+
+    model, task = _FACE_MODELS[role]
+    if Path(engine).exists():
+        eng = Engine.load(engine, verify=False)
+        if eng.task != task:
+            raise DeployzooError(f"--{role} {engine}: is an engine of {eng.model} (task {eng.task}), not a "
+                                 f"{task.replace('_', ' ')} engine (e.g. {model})")
+        return Path(engine), None
+    if engine.lower() not in model_names():
+        raise DeployzooError(f"--{role} {engine}: neither an engine directory nor a model name (e.g. {model})")
+    if get_model(engine.lower()).task != task:
+        raise DeployzooError(f"--{role} {engine}: not a {task.replace('_', ' ')} model (e.g. {model})")
+    if precision.lower() == "int8":
+        raise DeployzooError(f"--{role} {engine} --precision int8: needs calibration images; build the engine with "
+                             "`deployzoo build ... --precision int8 --calib DIR` and pass its directory")
+    return None, engine.lower()
+
+
+def _face_models(detector: str, recognizer: str, det_variant: Optional[str], det_weights: Optional[str],
+                 rec_variant: Optional[str], rec_weights: Optional[str], backend: str, precision: str,
+                 device: Optional[str], threads: Optional[int], min_face_score: Optional[float],
+                 flip: Optional[bool]):
+    """The two engines: directories, or model names built (once, cached) like predict does."""
+    from deployzoo.cache import cached_engine
+    from deployzoo.faces import FaceModels
+    from deployzoo.pipeline import load_engine
+    from deployzoo.registry import backend_capabilities
+    from deployzoo.request import BuildRequest
+    from deployzoo.tasks.face_recognition import min_face_score as check_score
+
+    check_score(min_face_score)
+    plans = {"detector": (*_face_engine_plan("detector", detector, precision), det_variant, det_weights),
+             "recognizer": (*_face_engine_plan("recognizer", recognizer, precision), rec_variant, rec_weights)}
+    requests = {role: BuildRequest.create(name, variant=variant, weights=weights, backend=backend, precision=precision,
+                                          options={"device": device} if device and "device" in
+                                          backend_capabilities(backend).options else None)
+                for role, (_, name, variant, weights) in plans.items() if name is not None}
+    dirs = {}
+    for role, (path, *_rest) in plans.items():
+        if role in requests:
+            with _on_interrupt(lambda: "the engine build was abandoned (nothing cached half-built); run the command "
+                               "again"):
+                path = cached_engine(requests[role]).dir
+            typer.echo(f"{role}: {path}", err=True)
+        dirs[role] = path
+    models = FaceModels(load_engine(dirs["detector"], threads=threads, device=device),
+                        load_engine(dirs["recognizer"], threads=threads, device=device),
+                        min_score=min_face_score, rec_post={"flip": flip})
+    for w in models.warnings():
+        typer.echo(f"WARNING: {w}", err=True)
+    return models
+
+
+def _face_threshold(threshold: Optional[float], threshold_from: Optional[Path], far: Optional[float]):
+    from deployzoo.faces import check_threshold
+    from deployzoo.faces import threshold_from as read_threshold
+
+    if threshold is not None and threshold_from is not None:
+        raise DeployzooError("--threshold and --threshold-from: give one of them")
+    if far is not None and threshold_from is None:
+        raise DeployzooError("--far: chooses the IJB-C operating point of --threshold-from; give that file too")
+    if threshold is not None:
+        return check_threshold(threshold)
+    return read_threshold(threshold_from, far) if threshold_from is not None else None
+
+
+_DETECTOR = typer.Option("retinaface", "--detector", help="Face detector: an engine directory, or a model name built "
+                         "(cached) on --backend.")
+_RECOGNIZER = typer.Option("arcface", "--recognizer", help="Face recognizer: an engine directory, or a model name.")
+_DET_VARIANT = typer.Option(None, "--detector-variant", help="(model name) e.g. mobilenet0.25 | resnet50.")
+_DET_WEIGHTS = typer.Option(None, "--detector-weights", help="(model name) checkpoint FILE, `official` or URL; none = "
+                            "random init (detections not meaningful).")
+_REC_VARIANT = typer.Option(None, "--recognizer-variant", help="(model name) e.g. r18 | r50 | r100.")
+_REC_WEIGHTS = typer.Option(None, "--recognizer-weights", help="(model name) checkpoint FILE, `official` or URL; none "
+                            "= random init (similarities not meaningful).")
+_BACKEND = typer.Option("ort", "--backend", help="(model names) backend the engines are built on.")
+_PRECISION = typer.Option("fp32", "--precision", help="(model names) fp32 | fp16 | bf16 (int8: build the engine "
+                          "with --calib and pass its directory).")
+_MIN_SCORE = typer.Option(None, "--min-face-score", help="Detector score a face needs (default 0.5).")
+_FACE = typer.Option("largest", "--face", help="Which face of an image with several: largest (box area) | best "
+                     "(detector score).")
+_THRESHOLD = typer.Option(None, "--threshold", help="Cosine similarity above which two faces are the same person.")
+_THRESHOLD_FROM = typer.Option(None, "--threshold-from", help="Take the threshold from a verification run: the json of "
+                               "`eval verification --json` (10-fold best threshold) or `eval ijbc --json` (at --far).")
+_FAR = typer.Option(None, "--far", help="(IJB-C --threshold-from) the FAR of the operating point (default 1e-4).")
+_FLIP = typer.Option(None, "--flip/--no-flip", help="Flip test (default: the recognizer engine's, on).")
+_JSON = typer.Option(None, "--json", help="Write the result here.")
+
+
+@faces_app.command("compare")
+def faces_compare(
+    image_a: Path = typer.Argument(..., help="First image."),
+    image_b: Path = typer.Argument(..., help="Second image."),
+    detector: str = _DETECTOR, recognizer: str = _RECOGNIZER,
+    detector_variant: Optional[str] = _DET_VARIANT, detector_weights: Optional[str] = _DET_WEIGHTS,
+    recognizer_variant: Optional[str] = _REC_VARIANT, recognizer_weights: Optional[str] = _REC_WEIGHTS,
+    backend: str = _BACKEND, precision: str = _PRECISION,
+    min_face_score: Optional[float] = _MIN_SCORE, face: str = _FACE,
+    threshold: Optional[float] = _THRESHOLD, threshold_from: Optional[Path] = _THRESHOLD_FROM,
+    far: Optional[float] = _FAR, flip: Optional[bool] = _FLIP,
+    device: Optional[str] = typer.Option(None, help="cpu | cuda:N."),
+    threads: Optional[int] = typer.Option(None, help="Runtime threads."),
+    json_out: Optional[Path] = _JSON,
+) -> None:
+    """Are the faces of two images the same person? (cosine similarity, verdict at a threshold)
+
+    Each image's face (the largest, or --face best) is detected, aligned on its 5 landmarks and embedded; the
+    verdict needs a threshold: --threshold, or --threshold-from a verification run's json."""
+    from deployzoo.faces import FACE_CHOICES, compare
+    from deployzoo.files import write_json
+
+    if face not in FACE_CHOICES:
+        raise DeployzooError(f"--face: expected one of {', '.join(FACE_CHOICES)}, got {face!r}")
+    for p in (image_a, image_b):
+        if not p.is_file():
+            raise DeployzooError(f"{p}: image not found")
+    thr = _face_threshold(threshold, threshold_from, far)
+    models = _face_models(detector, recognizer, detector_variant, detector_weights, recognizer_variant,
+                          recognizer_weights, backend, precision, device, threads, min_face_score, flip)
+    with _on_interrupt(lambda: "nothing was written; run the command again"):
+        res = compare(models, image_a, image_b, face=face, threshold=thr)
+    for k, p in (("a", image_a), ("b", image_b)):
+        r = res[k]
+        typer.echo(f"{p}: {r['faces']} face{'s' if r['faces'] != 1 else ''}; using face {r['face']} ({face}), box "
+                   f"{', '.join(f'{v:.0f}' for v in r['box'])}, detector score {r['score']:.3f}")
+    line = f"cosine similarity {res['cosine']:.4f}"
+    if thr is not None:
+        line += (f": {'SAME person' if res['same'] else 'DIFFERENT people'} (threshold {thr.cosine:.4f}, "
+                 f"{thr.source})")
+    else:
+        line += " (no verdict: give --threshold or --threshold-from a verification run)"
+    typer.echo(line)
+    if json_out:
+        write_json(json_out, res)
+
+
+@faces_app.command("search")
+def faces_search(
+    gallery: Path = typer.Option(..., "--gallery", help="Directory of images (searched recursively); every face in "
+                                 "them is indexed."),
+    query: Path = typer.Option(..., "--query", help="Image of the face to look for."),
+    top_k: int = typer.Option(5, "--top-k", help="Matches to show."),
+    index: Optional[Path] = typer.Option(None, "--index", help="Directory of the gallery's index (detections and "
+                                         "embeddings, reused and updated by the next search); default: under "
+                                         "$DEPLOYZOO_CACHE/faces, one per gallery, engines and settings."),
+    rebuild_index: bool = typer.Option(False, "--rebuild-index", help="Index the gallery again from the start."),
+    detector: str = _DETECTOR, recognizer: str = _RECOGNIZER,
+    detector_variant: Optional[str] = _DET_VARIANT, detector_weights: Optional[str] = _DET_WEIGHTS,
+    recognizer_variant: Optional[str] = _REC_VARIANT, recognizer_weights: Optional[str] = _REC_WEIGHTS,
+    backend: str = _BACKEND, precision: str = _PRECISION,
+    min_face_score: Optional[float] = _MIN_SCORE, face: str = _FACE,
+    threshold: Optional[float] = _THRESHOLD, threshold_from: Optional[Path] = _THRESHOLD_FROM,
+    far: Optional[float] = _FAR, flip: Optional[bool] = _FLIP,
+    device: Optional[str] = typer.Option(None, help="cpu | cuda:N."),
+    threads: Optional[int] = typer.Option(None, help="Runtime threads."),
+    json_out: Optional[Path] = _JSON,
+) -> None:
+    """The gallery faces most like the query's face (top-k by cosine similarity).
+
+    The gallery is indexed once (every face detected and embedded, written as it goes); later searches reuse the
+    index and compute only images added since. With a threshold each match gets a verdict."""
+    from deployzoo.faces import FACE_CHOICES, build_index, search
+    from deployzoo.files import write_json
+
+    if face not in FACE_CHOICES:
+        raise DeployzooError(f"--face: expected one of {', '.join(FACE_CHOICES)}, got {face!r}")
+    if not query.is_file():
+        raise DeployzooError(f"{query}: image not found")
+    if top_k < 1:
+        raise DeployzooError(f"--top-k: expected a positive integer, got {top_k}")
+    thr = _face_threshold(threshold, threshold_from, far)
+    models = _face_models(detector, recognizer, detector_variant, detector_weights, recognizer_variant,
+                          recognizer_weights, backend, precision, device, threads, min_face_score, flip)
+    where: list[Path] = []
+
+    def kept() -> str:
+        return (f"the gallery faces indexed so far are kept in {where[0]}; run the same command to go on"
+                if where else "nothing was written; run the command again")
+
+    with _on_interrupt(kept):
+        from deployzoo.faces import default_index_dir
+
+        where.append(index or default_index_dir(gallery, models))
+        idx = build_index(models, gallery, where[0], rebuild=rebuild_index)
+        q, n = models.face_of(query, face)
+        matches = search(idx, q, top_k, thr)
+    typer.echo(f"gallery: {len(idx.rows)} faces in {idx.images} images ({idx.computed} embedded now"
+               + (f", {idx.skipped} not alignable" if idx.skipped else "") + f"); index {idx.dir}")
+    typer.echo(f"query {query}: {n} face{'s' if n != 1 else ''}; using face {q.index} ({face}), detector score "
+               f"{q.score:.3f}")
+    if thr is not None:
+        typer.echo(f"threshold {thr.cosine:.4f} ({thr.source})")
+    for m in matches:
+        verdict = "" if thr is None else ("  SAME" if m["same"] else "  different")
+        typer.echo(f"{m['rank']:3d}  {m['cosine']:.4f}{verdict}  {m['image']} face {m['face']}  box "
+                   f"{', '.join(f'{v:.0f}' for v in m['box'] or [])}  det {m['score']:.3f}")
+    if not matches:
+        typer.echo("no gallery face to match")
+    if json_out:
+        write_json(json_out, {"query": {**q.to_json(), "faces": n}, "gallery": str(idx.gallery), "index": str(idx.dir),
+                              "gallery_faces": len(idx.rows), "matches": matches,
+                              **({"threshold": thr.cosine, "threshold_from": thr.source} if thr else {})})
 
 
 _IMGSZ_PAIR = re.compile(r"^-?\d+$")  # negative too, so that `--imgsz -5 10` reaches parse_imgsz's own message

@@ -164,11 +164,11 @@ def _predict(engine: str | Path | Loaded, source: str | Path, out_dir: Path, *, 
             raise DeployzooError(f"--format {fmt}: not a format of task {eng.task} (jsonl, {', '.join(task.formats)})")
     if batch is None:
         batch = eng.batch.default()
-    root, items = task_source(task, source)
-    pred_path, skip_path, settings_path = out_dir / PRED_FILE, out_dir / SKIP_FILE, out_dir / SETTINGS_FILE
-    summary = PredictSummary(out_dir, images=len(items), warnings=list(eng.warnings))
     merged = dict(eng.post)
     merged.update({k: v for k, v in (post or {}).items() if v is not None})
+    root, items = task_source(task, source, merged)
+    pred_path, skip_path, settings_path = out_dir / PRED_FILE, out_dir / SKIP_FILE, out_dir / SETTINGS_FILE
+    summary = PredictSummary(out_dir, images=len(items), warnings=list(eng.warnings))
     ident = settings_identity(loaded, merged, formats, source)
     earlier = (pred_path.is_file() and pred_path.stat().st_size > 0) or (skip_path.is_file()
                                                                           and skip_path.stat().st_size > 0)

@@ -40,6 +40,7 @@ feature row count that does not match, NaN / infinite features, or an all-zero f
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -79,9 +80,12 @@ class IJBCResult:
     n_rescored: int = 0  # scores recomputed with the official expression because they nearly tie another
     scores: np.ndarray | None = None  # per pair, file order (evaluate(..., keep_scores=True))
     labels: np.ndarray | None = None
+    # FAR level -> the score above which at most that fraction of the impostor pairs lie (`threshold_at_far`)
+    threshold_at_far: dict[float, float] = field(default_factory=dict)
 
     def to_json(self) -> dict:
         return {"tar_at_far": {repr(float(k)): float(v) for k, v in self.tar_at_far.items()},
+                "threshold_at_far": {repr(float(k)): float(v) for k, v in self.threshold_at_far.items()},
                 "auc": float(self.auc), "n_pairs": self.n_pairs, "n_pos": self.n_pos, "n_neg": self.n_neg,
                 "n_templates": self.n_templates, "n_images": self.n_images, "seconds": round(self.seconds, 3)}
 
@@ -439,6 +443,14 @@ def roc_from_sorted(neg: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.nd
     return fps / fps[-1], tps / tps[-1]
 
 
+def threshold_at_far(neg_sorted: np.ndarray, far_levels: Sequence[float] = FAR_LEVELS) -> dict[float, float]:
+    """For each FAR level x, the score t of the (k+1)-th highest impostor pair, k = floor(x * n_neg): accepting
+    the pairs scored strictly above t accepts at most k impostors (fewer where scores tie at t). An operating
+    point for `faces compare / search`; with k = 0 it is the highest impostor score."""
+    n = len(neg_sorted)
+    return {float(x): float(neg_sorted[n - min(int(math.floor(x * n)), n - 1) - 1]) for x in far_levels}
+
+
 def tar_at_far(fpr: np.ndarray, tpr: np.ndarray, far_levels: Sequence[float] = FAR_LEVELS) -> dict[float, float]:
     """The official read-off: on the flipped curve, the first point whose FPR is nearest to each FAR."""
     f, t = np.flipud(fpr), np.flipud(tpr)
@@ -575,6 +587,7 @@ def evaluate(features: np.ndarray | str | Path, layout_or_meta_dir: IJBCLayout |
     del i1, i2
     timings["scoring"] = time.perf_counter() - t
     t = time.perf_counter()
+    thresholds = threshold_at_far(neg)
     if sklearn_roc:
         from sklearn.metrics import roc_curve
 
@@ -589,7 +602,8 @@ def evaluate(features: np.ndarray | str | Path, layout_or_meta_dir: IJBCLayout |
     seconds = time.perf_counter() - t_start
     log.debug("IJB-C: %s in %.2fs (%s)", tars, seconds, timings)
     return IJBCResult(tars, area, len(labels), n_pos, n_neg, len(unique_templates), len(names), seconds, fpr, tpr,
-                      timings, n_rescored, scores if keep_scores else None, labels if keep_scores else None)
+                      timings, n_rescored, scores if keep_scores else None, labels if keep_scores else None,
+                      thresholds)
 
 
 # --------------------------------------------------------------------------------------------- plot

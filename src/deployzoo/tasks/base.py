@@ -55,9 +55,10 @@ class Task(ABC):
         """The --save-img file of a source item, relative to OUT/vis (one per record)."""
         return str(Path(item.name).with_suffix(".jpg"))
 
-    def list_source(self, source: str | Path) -> tuple[Path, list[Any]]:
+    def list_source(self, source: str | Path, post: dict[str, Any] | None = None) -> tuple[Path, list[Any]]:
         """(root, [SourceItem]) of a --source; default: the images of a directory, file or list file. A task
-        overrides it for sources of its own (an IJB-C root with landmarks, a COCO root with its json)."""
+        overrides it for sources of its own (an IJB-C root with landmarks, a COCO root with its json); `post` is
+        the run's post-processing settings (some say which items a source gives, e.g. min_face_score)."""
         return images.list_source(source)
 
     def agreement(self, reference: list[dict[str, Any]], tested: list[dict[str, Any]]) -> float:
@@ -111,6 +112,6 @@ class Task(ABC):
         return type(self).infer is not Task.infer
 
 
-def task_source(task: Task, source: Any) -> tuple[Path, list[Any]]:
-    """The items of `source` as `task` reads them."""
-    return task.list_source(source)
+def task_source(task: Task, source: Any, post: dict[str, Any] | None = None) -> tuple[Path, list[Any]]:
+    """The items of `source` as `task` reads them (with the run's post-processing settings)."""
+    return task.list_source(source, post)

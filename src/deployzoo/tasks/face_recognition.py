@@ -121,6 +121,19 @@ def detection_items(path: Path, min_score: float = MIN_FACE_SCORE) -> tuple[Path
     return root, items
 
 
+def min_face_score(value: Any) -> float:
+    """The face score cut-off (None: MIN_FACE_SCORE), checked to be a number in [0, 1]."""
+    if value is None:
+        return MIN_FACE_SCORE
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise DeployzooError(f"--min-face-score: expected a number in [0, 1], got {value!r}") from None
+    if not 0.0 <= v <= 1.0:
+        raise DeployzooError(f"--min-face-score: expected a number in [0, 1], got {value!r}")
+    return v
+
+
 def bin_items(path: Path) -> tuple[Path, list[SourceItem]]:
     from deployzoo.data.verification_bin import load_bin
 
@@ -135,28 +148,52 @@ def bin_items(path: Path) -> tuple[Path, list[SourceItem]]:
 class FeatureWriter:
     """features.npy (N x D float32, row = the item's row; rows not computed are NaN), faceness.npy (N,) and
     rows.txt (the name of each row). The array is a memory map written in place, so an interrupted run keeps
-    every finished row and `--resume` fills in the rest."""
+    every finished row and `--resume` fills in the rest. A source that has grown since (its earlier rows first,
+    unchanged, as a RetinaFace predictions.jsonl grows when its predict resumes over more images) is resumed
+    too: the array gets the new rows, as NaN, and only they are computed."""
 
     def __init__(self, out_dir: Path, items: list[SourceItem], resume: bool) -> None:
         self.path = out_dir / FEATURES_FILE
         self.n = 1 + max((int((i.meta or {}).get("row", k)) for k, i in enumerate(items)), default=-1)
         self.arr: np.ndarray | None = None
-        if resume and self.path.is_file():
-            self.arr = np.load(self.path, mmap_mode="r+")
-            if self.arr.ndim != 2 or self.arr.shape[0] != self.n:
-                raise DeployzooError(f"{self.path}: holds {self.arr.shape[0]} rows but the source has {self.n}; "
-                                     "use --overwrite")
-        elif self.path.exists():
-            self.path.unlink()
         scores = np.full(self.n, np.nan, dtype=np.float32)
         names = [""] * self.n
         for k, item in enumerate(items):
             row = int((item.meta or {}).get("row", k))
             scores[row] = (item.meta or {}).get("score", np.nan)
             names[row] = item.name
+        if resume and self.path.is_file():
+            self.arr = np.load(self.path, mmap_mode="r+")
+            if self.arr.ndim == 2 and self.arr.shape[0] < self.n and self._earlier_rows(out_dir) == names[: self.arr.shape[0]]:
+                self._grow()
+            if self.arr.ndim != 2 or self.arr.shape[0] != self.n:
+                raise DeployzooError(f"{self.path}: holds {self.arr.shape[0]} rows but the source has {self.n}; "
+                                     "use --overwrite")
+        elif self.path.exists():
+            self.path.unlink()
         np.save(out_dir / FACENESS_FILE, scores)
         atomic_write_text(out_dir / ROWS_FILE, "\n".join(names) + "\n")
         self.pending = 0
+
+    @staticmethod
+    def _earlier_rows(out_dir: Path) -> list[str] | None:
+        try:
+            return (out_dir / ROWS_FILE).read_text(encoding="utf-8").split("\n")[:-1]
+        except OSError:
+            return None
+
+    def _grow(self) -> None:
+        """The array with NaN rows added up to self.n (written beside it, then moved over it)."""
+        old = self.arr
+        tmp = self.path.with_name(self.path.name + ".grow")
+        new = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(self.n, old.shape[1]))
+        new[: old.shape[0]] = old
+        new[old.shape[0]:] = np.nan
+        new.flush()
+        del new, old
+        self.arr = None
+        tmp.replace(self.path)
+        self.arr = np.load(self.path, mmap_mode="r+")
 
     def write(self, item: SourceItem, record: dict[str, Any]) -> None:
         emb = record["_embedding"]
@@ -190,7 +227,9 @@ class FaceRecognitionTask(Task):
     always_formats = ("npy",)
     metric = "ijbc"
 
-    def list_source(self, source: str | Path) -> tuple[Path, list[SourceItem]]:
+    def list_source(self, source: str | Path, post: dict[str, Any] | None = None) -> tuple[Path, list[SourceItem]]:
+        """`post["min_face_score"]`: the detector score a face of a RetinaFace predictions.jsonl needs to become a
+        row (default MIN_FACE_SCORE)."""
         src = Path(source)
         if not src.exists():
             raise DeployzooError(f"{src}: source not found")
@@ -200,7 +239,7 @@ class FaceRecognitionTask(Task):
         if suffix == ".bin":
             return bin_items(src)
         if suffix == ".jsonl":
-            return detection_items(src)
+            return detection_items(src, min_face_score((post or {}).get("min_face_score")))
         if suffix == ".txt" and _is_landmark_file(src):
             return landmark_file_items(src)
         root, items = list_source(src)
@@ -220,7 +259,8 @@ class FaceRecognitionTask(Task):
                                  "no landmarks were given (use an IJB-C root, a landmarks file or a RetinaFace "
                                  "predictions.jsonl as the source)")
         x = normalise(img, spec.mean, spec.std)
-        return Prepared(x, {"row": meta.get("row", 0), "score": meta.get("score"), "crop": img})
+        return Prepared(x, {"row": meta.get("row", 0), "score": meta.get("score"), "crop": img,
+                            "box": meta.get("box"), "landmarks": lmk})
 
     def collate(self, items: list[Prepared], spec: InputSpec) -> np.ndarray:
         return np.stack([p.tensor for p in items])
@@ -241,7 +281,11 @@ class FaceRecognitionTask(Task):
             rec: dict[str, Any] = {"row": int(meta["row"]), "norm": round(float(np.linalg.norm(e)), 6),
                                    "_embedding": e}
             if meta.get("score") is not None and np.isfinite(meta["score"]):
-                rec["score"] = round(float(meta["score"]), 6)
+                rec["score"] = round(float(meta["score"]), 6)  # the detector's (faceness) score
+            if meta.get("box") is not None:  # where the face is in the source image, x1 y1 x2 y2
+                rec["box"] = [round(float(v), 2) for v in meta["box"]]
+            if meta.get("landmarks") is not None:  # the 5 points it was aligned with, in the source image
+                rec["landmarks"] = np.round(np.asarray(meta["landmarks"], np.float64), 2).reshape(5, 2).tolist()
             if meta.get("crop") is not None:
                 rec["_crop"] = meta["crop"]  # the aligned face (--save-img)
             records.append(rec)

@@ -126,7 +126,7 @@ class InstanceSegmentationTask(Task):
     formats: tuple[str, ...] = ("coco",)
     always_formats = ("coco",)
 
-    def list_source(self, source: str | Path) -> tuple[Path, list[SourceItem]]:
+    def list_source(self, source: str | Path, post: dict[str, Any] | None = None) -> tuple[Path, list[SourceItem]]:
         """A COCO root (images + instances json: image ids and sizes from the json) or any image source."""
         from deployzoo.data.images import list_source
 
