@@ -276,7 +276,7 @@ def test_run_arcface_demo_gives_the_seed_table_and_eval_ijbc_agrees(tmp_path):
           "--batches", "1,2", "--predict-batch", "8", "--iters", "2", "--warmup", "1", "-o", str(out)])
     md = (out / "report.md").read_text()
     rep = json.loads((out / "report.json").read_text())
-    assert "| Model | Precision | Batch | TAR@FAR=1e-5 (%) | TAR@FAR=1e-4 (%) | mean cosine vs fp32 embeddings |" in md
+    assert "| Model | Precision | Batch | TAR@FAR=1e-5 (%) | TAR@FAR=1e-4 (%) | mean cosine vs fp32 embeddings (%) |" in md
     assert "| arcface-r18 | fp32 | 8 |" in md
     assert {(r["backend"], r["precision"], r["batch"]) for r in rep["bench"]} == {
         (b, p, n) for b, p in [("torch", "fp32"), ("ort", "fp32"), ("ort", "int8")] for n in (1, 2)}

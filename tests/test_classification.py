@@ -91,13 +91,19 @@ def test_run_demo_classifier(tmp_path):
     run_cli(["run", "mobilenetv1", "--data", "demo", "--demo-images", "8", "--precisions", "fp32,int8", "--batches",
              "1,2", "--iters", "2", "--warmup", "1", "-o", str(out)])
     md = (out / "report.md").read_text()
-    assert "| Model | Precision | Batch | TOP1 | TOP5 | top-1 agreement vs fp32 |" in md
+    assert "| Model | Precision | Batch | TOP1 (%) | TOP5 (%) | top-1 agreement vs fp32 (%) |" in md
     rep = json.loads((out / "report.json").read_text())
     assert rep["accuracy"]["fp32"]["n"] == 8 and 0 <= rep["accuracy"]["int8"]["agreement_vs_fp32"] <= 1
     assert (out / "predictions" / "fp32" / "eval_result_5.txt").read_text().count("\n") == 8
     # what the agreement column is, and that 8 images cannot carry a top-1 (issue 15)
     assert "Top-1 agreement vs fp32: the share of images whose top-1 class is the fp32 engine's" in md
     assert "top-1 / top-5 rest on 8 images: one image is 12.50 points" in rep["warnings"]
+    # class names: in each prediction, and in the report's table of images by class name
+    first = json.loads((out / "predictions" / "fp32" / "predictions.jsonl").read_text().splitlines()[0])
+    from deployzoo.tasks.classification import imagenet_class_names
+
+    assert first["class"] == imagenet_class_names()[first["topk"][0][0]]
+    assert "## Predictions by class name" in md and "| Image | Label | fp32 | int8 |" in md
 
 
 # ----------------------------------------------------------------------------------------------- real weights

@@ -197,7 +197,7 @@ def test_run_demo_reports_both_precisions_with_backbone_only_int8(tmp_path):
              "--warmup", "1", "--demo-images", "2", "--calib-size", "1", "--no-reference", "--bench-imgsz", "320",
              "320"])
     md = (out / "report.md").read_text()
-    assert "| Model | Precision | Batch | bbox mAP@[.5:.95] | bbox mAP@.5 | segm mAP@[.5:.95] |" in md
+    assert "| Model | Precision | Batch | bbox mAP@[.5:.95] (%) | bbox mAP@.5 (%) | segm mAP@[.5:.95] (%) |" in md
     assert "| maskrcnn-mmdet_1x | int8 | 1 |" in md and "## End-to-end on the accuracy pass" in md
     rep = json.loads((out / "report.json").read_text())
     assert set(rep["accuracy"]["fp32"]) >= {"bbox", "segm", "end_to_end"}

@@ -20,7 +20,15 @@ def test_run_demo_random_weights_and_rerun_reuses_stages(tmp_path):
     md = (out / "report.md").read_text()
     rep = json.loads((out / "report.json").read_text())
     assert RANDOM_WEIGHTS_WARNING in md and rep["warnings"] == [RANDOM_WEIGHTS_WARNING]
-    assert "| Model | Precision | Easy | Medium | Hard |" in md
+    assert "| Model | Precision | Easy (%) | Medium (%) | Hard (%) | AP vs fp32 detections (%) |" in md
+    # one unit in report.md, percent; report.json keeps the protocol's fractions
+    acc = rep["accuracy"]
+    row = next(line for line in md.splitlines() if line.startswith("| retinaface-mobilenet0.25 | int8 |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[2:5] == [f"{100 * acc['int8'][k]:.2f}" for k in ("easy", "medium", "hard")]
+    agree = acc["int8"]["agreement_vs_fp32"]
+    assert cells[5] == f"{100 * agree:.2f}" if agree == agree else cells[5].startswith("n/a")  # NaN: nothing to agree on
+    assert "Accuracy and agreement are percentages (report.json keeps the protocols' fractions)." in md
     assert "| Model | Engine | Batch | Throughput (img/s) | p50 ms | p99 ms | Timing |" in md
     assert set(rep["accuracy"]) == {"fp32", "int8"}
     assert {(r["backend"], r["precision"], r["batch"]) for r in rep["bench"]} == {

@@ -66,3 +66,25 @@ def test_metrics_on_too_few_samples_are_named():
     assert imagenet.sample_warnings(imagenet, {"n": 8}) == ["top-1 / top-5 rest on 8 images: one image is 12.50 points"]
     assert imagenet.sample_warnings(imagenet, {"n": 50_000}) == []
 
+
+
+def test_classifier_report_names_the_classes(tmp_path):
+    """Issue 15: ImageNet class names in the report: the images where a precision's top-1 differs from fp32's,
+    with the label's and each engine's class name (synset order, ImageNet-1k's names)."""
+    import json
+
+    s = get_suite("imagenet")("demo", tmp_path, None, 4)
+    names = sorted(s.set.labels)
+    dirs = {}
+    for prec, tops in (("fp32", [0, 1, 2, 3]), ("int8", [0, 1, 7, 3])):
+        d = dirs[prec] = tmp_path / prec
+        d.mkdir()
+        (d / "predictions.jsonl").write_text("".join(
+            json.dumps({"image": n, "topk": [[c, 0.5], [999, 0.1]]}) + "\n" for n, c in zip(names, tops)))
+    md = "\n".join(s.examples(dirs))
+    assert "## Predictions by class name" in md and "(1 shown)" in md
+    label = s.class_name(s.set.labels[names[2]])
+    assert f"| {names[2]} | {label} | {s.class_name(2)} (50.0%) | {s.class_name(7)} (50.0%) |" in md
+    assert s.class_name(0) == "tench" and s.class_name(7) == "cock" and s.class_name(5000) == "class 5000"
+    same = "\n".join(s.examples({"fp32": dirs["fp32"], "int8b": dirs["fp32"]}))
+    assert "Every precision gives fp32's top-1 class on every image" in same and same.count("\n| ") == 5  # head + 4

@@ -203,7 +203,7 @@ def run_markdown(*, title: str, warnings: list[str], data: Any, settings: str, a
                  precisions: Sequence[str], iters: int, warmup: int, threads: int | None, machine: dict[str, Any],
                  versions: dict[str, str], created: str, stages: Sequence[str],
                  int8_plans: dict[str, dict[str, Any]] | None = None,
-                 engines: list[list[Any]] | None = None) -> str:
+                 engines: list[list[Any]] | None = None, examples: Sequence[str] = ()) -> str:
     """report.md of `deployzoo run`: accuracy per precision, end-to-end stage times (`stages`: the pipeline's
     stage names, the columns of stage_rows), engine throughput, machine."""
     md = [f"# deployzoo run: {title}", ""]
@@ -211,9 +211,12 @@ def run_markdown(*, title: str, warnings: list[str], data: Any, settings: str, a
         md += [f"> **WARNING: {w}**" for w in warnings] + [""]
     md += [
         "## Accuracy", f"Dataset: {data.name}. {settings}", "",
-        md_table(["Model", "Precision", *data.accuracy_headers, data.agreement_header], accuracy_rows),
-        "", f"{data.agreement_header[:1].upper()}{data.agreement_header[1:]}: {data.agreement_definition}.", "",
+        md_table(["Model", "Precision", *data.accuracy_headers, f"{data.agreement_header} (%)"], accuracy_rows),
+        "", f"{data.agreement_header[:1].upper()}{data.agreement_header[1:]}: {data.agreement_definition}. "
+        "Accuracy and agreement are percentages (report.json keeps the protocols' fractions)"
+        + ("; an int8 plan's drop is in points of the agreement." if int8_plans else "."), "",
     ]
+    md += list(examples)
     if calibration is not None:
         d = calibration
         md += [f"int8 calibration: {d['size']} images from {d['dir']} ({d['method']}), file-list sha256 "

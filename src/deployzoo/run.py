@@ -23,6 +23,7 @@ from deployzoo.quant.calib import make_calib_set
 from deployzoo.quant.planner import PLOT_FILE
 from deployzoo.registry import backend_capabilities, get_model, get_suite, get_task
 from deployzoo.request import BuildRequest, parse_float_groups
+from deployzoo.suites.base import pct
 from deployzoo.report import engine_rows, plot_throughput, run_markdown
 from deployzoo.tasks.base import task_source
 from deployzoo.weights import resolve_weights
@@ -249,7 +250,7 @@ def accuracy_stage(plan: RunPlan) -> AccuracyStage:
         elif math.isnan(agree):  # the fp32 engine gave nothing to agree on
             agree_txt = f"n/a ({data.agreement_nan})"
         else:
-            agree_txt = f"{agree:.4f}"
+            agree_txt = pct(agree)
         res_all.rows.append([plan.label, prec, *data.accuracy_cells(res, plan.predict_batch), agree_txt])
     return res_all
 
@@ -318,7 +319,8 @@ def run_pipeline(cfg: RunConfig) -> RunReport:
         calibration=plan.calib_set.describe() if plan.calib_set is not None else None, stage_rows=acc.stage_rows,
         bench_rows=bench_rows, precisions=cfg.precisions, iters=cfg.iters, warmup=cfg.warmup, threads=cfg.threads,
         machine=mach, versions=ver, created=now_iso(), stages=STAGES, int8_plans=plans,
-        engines=engine_rows([read_manifest(d) for d in used]))
+        engines=engine_rows([read_manifest(d) for d in used]),
+        examples=plan.data.examples({p: plan.out / "predictions" / p for p in cfg.precisions}))
     report = {
         "model": plan.spec.name, "variant": plan.variant, "weights": str(plan.weights) if plan.weights else None,
         **({"weights_source": str(cfg.weights)} if cfg.weights and str(cfg.weights) != str(plan.weights) else {}),

@@ -12,6 +12,12 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 
+def pct(fraction: float) -> str:
+    """A report cell in percent: every accuracy and agreement number of report.md is a percentage with two
+    decimals (report.json keeps the fractions the protocols return)."""
+    return f"{100.0 * float(fraction):.2f}"
+
+
 class Suite(ABC):
     """A dataset's evaluation. `__init__(data, work_dir, gt, demo_images)` opens the dataset at `data`, or writes
     the generated demo set (and a separate calibration set) under `work_dir` when `data` is "demo"; it sets
@@ -46,6 +52,11 @@ class Suite(ABC):
     @abstractmethod
     def accuracy_cells(self, res: dict[str, Any], batch: int) -> list[Any]:
         """The report row's cells under `accuracy_headers` for one evaluate result."""
+
+    def examples(self, pred_dirs: dict[str, Path]) -> list[str]:
+        """Markdown for the report after the accuracy table: what the predictions of each precision (`pred_dirs`,
+        fp32 first) say, image by image, where that helps read the numbers. Default: nothing."""
+        return []
 
     def sample_warnings(self, res: dict[str, Any]) -> list[str]:
         """What in an evaluate result rests on too few samples to mean what its name says (the report warns)."""

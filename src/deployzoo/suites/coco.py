@@ -10,7 +10,7 @@ import torch
 from deployzoo.data.coco import find_set
 from deployzoo.demo.coco import write_demo
 from deployzoo.records import iter_records
-from deployzoo.suites.base import Suite, demo_sets
+from deployzoo.suites.base import Suite, demo_sets, pct
 from deployzoo.tasks.instance_segmentation import RESULTS_FILE
 
 
@@ -18,7 +18,7 @@ class CocoSuite(Suite):
     """What `deployzoo run` needs for Mask R-CNN: a COCO-layout set, calibration images, the COCO scoring."""
 
     pred_formats: tuple[str, ...] = ("coco",)
-    accuracy_headers = ("Batch", "bbox mAP@[.5:.95]", "bbox mAP@.5", "segm mAP@[.5:.95]")  # the seed's table
+    accuracy_headers = ("Batch", "bbox mAP@[.5:.95] (%)", "bbox mAP@.5 (%)", "segm mAP@[.5:.95] (%)")  # the seed's, in %
     agreement_header = "box agreement vs fp32"
     agreement_nan = "no fp32 detection with score >= 0.5"
     agreement_definition = ("the share of the fp32 engine's detections with score >= 0.5 that the engine also "
@@ -48,7 +48,7 @@ class CocoSuite(Suite):
         return ("Keep-ratio resize (shorter side 800, longer side at most 1333) and padding to 32 in the "
                 f"pre-processing; detections score > {post['conf']}, per-class NMS {post['iou']}, at most "
                 f"{post['max_det']} per image, masks pasted back ({post.get('paste', 'torchvision')}) and binarised "
-                f"at {post['mask_thr']}; pycocotools COCOeval (AP as fractions, as the seed).")
+                f"at {post['mask_thr']}; pycocotools COCOeval.")
 
     def evaluate(self, pred_dir: Path, plot_path: Path | None = None, title: str | None = None) -> dict[str, Any]:
         from deployzoo.files import atomic_write_text
@@ -62,10 +62,10 @@ class CocoSuite(Suite):
         return stats
 
     def accuracy_cells(self, res: dict[str, Any], batch: int) -> list[Any]:
-        def frac(t: str, k: str) -> str:  # the seed's format: 0.381
-            return f"{res[t][k]:.3f}" if res.get(t) else "-"
+        def cell(t: str, k: str) -> str:  # the seed's 0.381 is 38.10
+            return pct(res[t][k]) if res.get(t) else "-"
 
-        return [batch, frac("bbox", "AP"), frac("bbox", "AP50"), frac("segm", "AP")]
+        return [batch, cell("bbox", "AP"), cell("bbox", "AP50"), cell("segm", "AP")]
 
     def agreement(self, ref_dir: Path, pred_dir: Path) -> float:
         """Share of the fp32 engine's detections scoring >= 0.5 that the other engine also makes: same image and

@@ -9,7 +9,7 @@ import numpy as np
 
 from deployzoo.data.ijbc import find_layout
 from deployzoo.demo.ijbc import write_demo
-from deployzoo.suites.base import Suite, demo_sets
+from deployzoo.suites.base import Suite, demo_sets, pct
 from deployzoo.tasks.face_recognition import FEATURES_FILE, mean_cosine, read_features
 
 
@@ -21,8 +21,8 @@ class IJBCSuite(Suite):
     accuracy_headers = ("Batch", "TAR@FAR=1e-5 (%)", "TAR@FAR=1e-4 (%)")  # the seed's table
     agreement_header = "mean cosine vs fp32 embeddings"
     agreement_nan = "no finite fp32 embedding"
-    agreement_definition = ("the mean cosine similarity between each image's embedding and the fp32 engine's "
-                            "(1.0: identical directions)")
+    agreement_definition = ("100 x the mean cosine similarity between each image's embedding and the fp32 engine's "
+                            "(100: identical directions)")
 
     def sample_warnings(self, res: dict[str, Any]) -> list[str]:
         out = []
@@ -69,7 +69,7 @@ class IJBCSuite(Suite):
         return res.to_json()
 
     def accuracy_cells(self, res: dict[str, Any], batch: int) -> list[Any]:
-        return [batch, *(f"{100.0 * res['tar_at_far'][k]:.3f}" for k in self.accuracy_keys)]
+        return [batch, *(pct(res["tar_at_far"][k]) for k in self.accuracy_keys)]
 
     def agreement(self, ref_dir: Path, pred_dir: Path) -> float:
         return mean_cosine(np.asarray(read_features(ref_dir)), np.asarray(read_features(pred_dir)))

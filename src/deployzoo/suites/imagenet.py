@@ -7,17 +7,17 @@ from typing import Any
 
 from deployzoo.data.imagenet import find_set
 from deployzoo.demo.imagenet import write_demo
-from deployzoo.suites.base import Suite, demo_sets
+from deployzoo.suites.base import Suite, demo_sets, pct
 
 
 class ImageNetSuite(Suite):
     """What `deployzoo run` needs for classification: the labelled set, calibration images, the scoring."""
 
     pred_formats: tuple[str, ...] = ()
-    accuracy_headers = ("Batch", "TOP1", "TOP5")  # the seed's table
+    accuracy_headers = ("Batch", "TOP1 (%)", "TOP5 (%)")  # the seed's table, in percent
     agreement_header = "top-1 agreement vs fp32"
     agreement_nan = "no fp32 prediction"
-    agreement_definition = ("the share of images whose top-1 class is the fp32 engine's (1.0: every image "
+    agreement_definition = ("the share of images whose top-1 class is the fp32 engine's (100: every image "
                             "classified as fp32 classifies it)")
 
     def sample_warnings(self, res: dict[str, Any]) -> list[str]:
@@ -44,7 +44,7 @@ class ImageNetSuite(Suite):
         self.source = self.set.images_dir
 
     def settings(self, imgsz: Any, post: dict[str, Any]) -> str:
-        return "Top-1 / top-5 accuracy (fractions) of the softmax over the engine's logits, images matched to labels by name."
+        return "Top-1 / top-5 accuracy of the softmax over the engine's logits, images matched to labels by name."
 
     def evaluate(self, pred_dir: Path, plot_path: Path | None = None, title: str | None = None) -> dict[str, Any]:
         from deployzoo.metrics.classification import evaluate, read_predictions, write_seed_files
@@ -55,7 +55,43 @@ class ImageNetSuite(Suite):
         return res.to_json()
 
     def accuracy_cells(self, res: dict[str, Any], batch: int) -> list[Any]:
-        return [batch, f"{res['top1']:.4f}", f"{res['top5']:.4f}"]
+        return [batch, pct(res["top1"]), pct(res["top5"])]
+
+    def class_name(self, c: int) -> str:
+        """The name of class index `c`: the set's synset_words.txt when it has one, else ImageNet-1k's (sorted-wnid
+        order, torchvision's list), else `class c`."""
+        from deployzoo.tasks.classification import imagenet_class_names
+
+        names = self.set.class_names or imagenet_class_names()
+        return names[c] if 0 <= c < len(names) else f"class {c}"
+
+    def examples(self, pred_dirs: dict[str, Path], limit: int = 10) -> list[str]:
+        """A table of images by class name: where a precision's top-1 differs from fp32's (up to `limit`), else the
+        first 5 images; each cell the top-1 class and its probability."""
+        from deployzoo.records import iter_records
+        from deployzoo.report import md_table
+
+        if not pred_dirs:
+            return []
+        precs = list(pred_dirs)
+        recs = {p: {r["image"]: r["topk"][0] for r in iter_records(d) if r.get("topk")} for p, d in pred_dirs.items()}
+        ref = recs[precs[0]]
+        names = [n for n in ref if any(n in recs[p] and recs[p][n][0] != ref[n][0] for p in precs[1:])]
+        differ = bool(names)
+        names = names[:limit] if differ else list(ref)[:5]
+        if not names:
+            return []
+
+        def cell(p: str, n: str) -> str:
+            top = recs[p].get(n)
+            return "-" if top is None else f"{self.class_name(int(top[0]))} ({100 * float(top[1]):.1f}%)"
+
+        rows = [[n, self.class_name(self.set.labels[n]) if n in self.set.labels else "-", *(cell(p, n) for p in precs)]
+                for n in names]
+        head = (f"Images whose top-1 class differs from fp32's ({len(names)} shown)" if differ else
+                "Every precision gives fp32's top-1 class on every image; the first images")
+        return ["## Predictions by class name", f"{head}: the top-1 class of each engine and its probability.", "",
+                md_table(["Image", "Label", *precs], rows), ""]
 
     def agreement(self, ref_dir: Path, pred_dir: Path) -> float:
         from deployzoo.metrics.classification import read_predictions

@@ -9,7 +9,7 @@ from deployzoo.data.widerface import load_gt
 from deployzoo.demo.widerface import write_demo
 from deployzoo.errors import DeployzooError
 from deployzoo.records import iter_records
-from deployzoo.suites.base import Suite, demo_sets
+from deployzoo.suites.base import Suite, demo_sets, pct
 
 
 class WiderFaceSuite(Suite):
@@ -17,11 +17,11 @@ class WiderFaceSuite(Suite):
 
     pred_formats = ("widerface",)
     accuracy_keys = ("easy", "medium", "hard")
-    accuracy_headers = ("Easy", "Medium", "Hard")  # the seeds' table
+    accuracy_headers = ("Easy (%)", "Medium (%)", "Hard (%)")  # the seeds' table, in percent
     agreement_header = "AP vs fp32 detections"
     agreement_nan = "no fp32 detection >= 0.5"
     agreement_definition = ("average precision of the engine's detections scored as predictions against the "
-                            "fp32 engine's detections with score >= 0.5 as ground truth (IoU 0.5; 1.0: every "
+                            "fp32 engine's detections with score >= 0.5 as ground truth (IoU 0.5; 100: every "
                             "confident fp32 face found, with no other detection ranked above one)")
     plot_name = "PR"
     calib_hint = "e.g. WIDER_train/images"
@@ -59,7 +59,7 @@ class WiderFaceSuite(Suite):
                 f"conf {post['conf']}, NMS IoU {post['iou']}, top-k {post['top_k']}, keep {post['max_det']}.")
 
     def accuracy_cells(self, res: dict[str, Any], batch: int) -> list[Any]:
-        return [res[k] for k in self.accuracy_keys]
+        return [pct(res[k]) for k in self.accuracy_keys]
 
     def agreement(self, ref_dir: Path, pred_dir: Path) -> float:
         """AP of this engine's detections scored against the fp32 engine's confident ones (metrics.agreement)."""

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from deployzoo.data.imagenet import NUM_CLASSES as NUM_IMAGENET_CLASSES
 from deployzoo.specs import InputSpec
 from deployzoo.tasks.base import Prepared, Task
 
@@ -67,6 +68,13 @@ def imagenet_class_names() -> tuple[str, ...]:
     return tuple(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
 
 
+def _with_name(rec: dict[str, Any], n_classes: int) -> dict[str, Any]:
+    """The record with `class`: the ImageNet-1k name of its top-1 class (a model of another class count: none)."""
+    if rec["topk"] and n_classes == NUM_IMAGENET_CLASSES:
+        rec["class"] = imagenet_class_names()[rec["topk"][0][0]]
+    return rec
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
     e = np.exp(z)
@@ -94,7 +102,8 @@ class ClassificationTask(Task):
         k = int(post.get("topk", 5))
         probs = softmax(outputs["logits"])
         top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-        return [{"topk": [[int(c), round(float(p[c]), 6)] for c in t]} for t, p in zip(top, probs)]
+        return [_with_name({"topk": [[int(c), round(float(p[c]), 6)] for c in t]}, probs.shape[1])
+                for t, p in zip(top, probs)]
 
     def agreement(self, reference: list[dict[str, Any]], tested: list[dict[str, Any]]) -> float:
         """Share of images whose top-1 class is the reference's."""
@@ -122,7 +131,9 @@ class ClassificationTask(Task):
         probs = torch.softmax(outputs["logits"].double(), dim=1)
         p, c = torch.sort(probs, dim=1, descending=True, stable=True)
         p, c = p[:, :k].cpu().numpy(), c[:, :k].cpu().numpy()
-        return [{"topk": [[int(ci), round(float(pi), 6)] for ci, pi in zip(cr, pr)]} for cr, pr in zip(c, p)]
+        n = int(probs.shape[1])
+        return [_with_name({"topk": [[int(ci), round(float(pi), 6)] for ci, pi in zip(cr, pr)]}, n)
+                for cr, pr in zip(c, p)]
 
     def tensor_spec_ok(self, spec: InputSpec) -> bool:
         return spec.params.get("interpolation", "bilinear") in _TENSOR_INTERP
