@@ -99,7 +99,7 @@ def check_models(detector: Loaded, recognizer: Loaded) -> None:
     for loaded, task, what, flag in ((detector, "face_detection", "a face detector (retinaface)", "--detector"),
                                      (recognizer, "face_recognition", "a face recognizer (arcface)", "--recognizer")):
         if loaded.engine.task != task:
-            raise DeployzooError(f"{flag} {loaded.engine_dir}: is a {loaded.engine.model} engine "
+            raise DeployzooError(f"{flag} {loaded.engine_dir}: is an engine of {loaded.engine.model} "
                                  f"(task {loaded.engine.task}), not {what}")
 
 
