@@ -486,20 +486,16 @@ def run(
 
 # --------------------------------------------------------------------------------------------- faces
 
-_FACE_MODELS = {"detector": ("retinaface", "face_detection"), "recognizer": ("arcface", "face_recognition")}
-
-
 def _face_engine_plan(role: str, engine: str, precision: str) -> tuple[Path | None, str | None]:
     """--detector / --recognizer checked before anything is built: (engine directory, None) or (None, model name)."""
     from deployzoo.engine import Engine
+    from deployzoo.faces import ROLES, check_engine_task
     from deployzoo.registry import get_model, model_names
 
-    model, task = _FACE_MODELS[role]
+    model, task = ROLES[role]
     if Path(engine).exists():
         eng = Engine.load(engine, verify=False)
-        if eng.task != task:
-            raise DeployzooError(f"--{role} {engine}: is an engine of {eng.model} (task {eng.task}), not a "
-                                 f"{task.replace('_', ' ')} engine (e.g. {model})")
+        check_engine_task(role, engine, eng.model, eng.task)
         return Path(engine), None
     if engine.lower() not in model_names():
         raise DeployzooError(f"--{role} {engine}: neither an engine directory nor a model name (e.g. {model})")
@@ -544,6 +540,17 @@ def _face_models(detector: str, recognizer: str, det_variant: Optional[str], det
     for w in models.warnings():
         typer.echo(f"WARNING: {w}", err=True)
     return models
+
+
+def _face_setup(face: str, threshold: Optional[float], threshold_from: Optional[Path], far: Optional[float],
+                *model_args: object):
+    """What faces compare and search share, refused in this order before anything is built: --face, the threshold
+    (as _face_threshold), the two engines (as _face_models, on `model_args`)."""
+    from deployzoo.faces import check_face_choice
+
+    check_face_choice(face)
+    thr = _face_threshold(threshold, threshold_from, far)
+    return thr, _face_models(*model_args)
 
 
 def _face_threshold(threshold: Optional[float], threshold_from: Optional[Path], far: Optional[float]):
@@ -601,17 +608,15 @@ def faces_compare(
 
     Each image's face (the largest, or --face best) is detected, aligned on its 5 landmarks and embedded; the
     verdict needs a threshold: --threshold, or --threshold-from a verification run's json."""
-    from deployzoo.faces import FACE_CHOICES, compare
+    from deployzoo.faces import compare
     from deployzoo.files import write_json
 
-    if face not in FACE_CHOICES:
-        raise DeployzooError(f"--face: expected one of {', '.join(FACE_CHOICES)}, got {face!r}")
     for p in (image_a, image_b):
         if not p.is_file():
             raise DeployzooError(f"{p}: image not found")
-    thr = _face_threshold(threshold, threshold_from, far)
-    models = _face_models(detector, recognizer, detector_variant, detector_weights, recognizer_variant,
-                          recognizer_weights, backend, precision, device, threads, min_face_score, flip)
+    thr, models = _face_setup(face, threshold, threshold_from, far, detector, recognizer, detector_variant,
+                              detector_weights, recognizer_variant, recognizer_weights, backend, precision, device,
+                              threads, min_face_score, flip)
     with _on_interrupt(lambda: "nothing was written; run the command again"):
         res = compare(models, image_a, image_b, face=face, threshold=thr)
     for k, p in (("a", image_a), ("b", image_b)):
@@ -654,18 +659,16 @@ def faces_search(
 
     The gallery is indexed once (every face detected and embedded, written as it goes); later searches reuse the
     index and compute only images added since. With a threshold each match gets a verdict."""
-    from deployzoo.faces import FACE_CHOICES, build_index, search
+    from deployzoo.faces import build_index, search
     from deployzoo.files import write_json
 
-    if face not in FACE_CHOICES:
-        raise DeployzooError(f"--face: expected one of {', '.join(FACE_CHOICES)}, got {face!r}")
     if not query.is_file():
         raise DeployzooError(f"{query}: image not found")
     if top_k < 1:
         raise DeployzooError(f"--top-k: expected a positive integer, got {top_k}")
-    thr = _face_threshold(threshold, threshold_from, far)
-    models = _face_models(detector, recognizer, detector_variant, detector_weights, recognizer_variant,
-                          recognizer_weights, backend, precision, device, threads, min_face_score, flip)
+    thr, models = _face_setup(face, threshold, threshold_from, far, detector, recognizer, detector_variant,
+                              detector_weights, recognizer_variant, recognizer_weights, backend, precision, device,
+                              threads, min_face_score, flip)
     where: list[Path] = []
 
     def kept() -> str:

@@ -45,6 +45,7 @@ from deployzoo.tasks.face_recognition import (
 log = logging.getLogger(__name__)
 
 FACE_CHOICES = ("largest", "best")  # which face of an image compare / the query use
+ROLES = {"detector": ("retinaface", "face_detection"), "recognizer": ("arcface", "face_recognition")}  # model, task
 INDEX_FILE = "index.json"
 DEFAULT_FAR = 1e-4
 
@@ -84,23 +85,28 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(unit(a) @ unit(b))
 
 
+def check_face_choice(how: str) -> str:
+    if how not in FACE_CHOICES:
+        raise DeployzooError(f"--face: expected one of {', '.join(FACE_CHOICES)}, got {how!r}")
+    return how
+
+
 def pick_face(faces: list[Face], how: str, where: str) -> Face:
     """The face of an image to use: the largest box, or the highest detector score."""
+    check_face_choice(how)
     if not faces:
         raise DeployzooError(f"{where}: no face found")
     if how == "largest":
         return max(faces, key=lambda f: (f.area, f.score))
-    if how == "best":
-        return max(faces, key=lambda f: (f.score, f.area))
-    raise DeployzooError(f"--face: expected one of {', '.join(FACE_CHOICES)}, got {how!r}")
+    return max(faces, key=lambda f: (f.score, f.area))
 
 
-def check_models(detector: Loaded, recognizer: Loaded) -> None:
-    for loaded, task, what, flag in ((detector, "face_detection", "a face detector (retinaface)", "--detector"),
-                                     (recognizer, "face_recognition", "a face recognizer (arcface)", "--recognizer")):
-        if loaded.engine.task != task:
-            raise DeployzooError(f"{flag} {loaded.engine_dir}: is an engine of {loaded.engine.model} "
-                                 f"(task {loaded.engine.task}), not {what}")
+def check_engine_task(role: str, where: Any, model: str, task: str) -> None:
+    """An engine given as --detector / --recognizer must be of that role's task."""
+    example, want = ROLES[role]
+    if task != want:
+        raise DeployzooError(f"--{role} {where}: is an engine of {model} (task {task}), not a "
+                             f"{want.replace('_', ' ')} engine (e.g. {example})")
 
 
 class FaceModels:
@@ -108,7 +114,8 @@ class FaceModels:
 
     def __init__(self, detector: Loaded, recognizer: Loaded, *, min_score: float | None = None,
                  det_post: dict[str, Any] | None = None, rec_post: dict[str, Any] | None = None) -> None:
-        check_models(detector, recognizer)
+        for role, loaded in (("detector", detector), ("recognizer", recognizer)):
+            check_engine_task(role, loaded.engine_dir, loaded.engine.model, loaded.engine.task)
         self.detector, self.recognizer = detector, recognizer
         self.min_score = min_face_score(min_score)
         self.det_post = {**detector.engine.post, **{k: v for k, v in (det_post or {}).items() if v is not None}}
