@@ -107,6 +107,10 @@ class AotiBackend:
 
         where, spec, batch = graph.path, graph.input, graph.batch
         what = f"{graph.model} {graph.variant}"
+        if request.options.cuda_graphs:
+            raise DeployzooError(f"{where}: --cuda-graphs is not available on aoti: capturing an AOTInductor package "
+                                 "in a CUDA graph failed on an H200 (torch 2.11: 'operation failed due to a previous "
+                                 "error during capture'); build without it, or use --backend torch --cuda-graphs")
         opts = build_options(request.options, batch, where)
         dev = torch.device(opts["device"])
         base = source_module(graph).to(dev)

@@ -157,8 +157,13 @@ class TensorRunner:
                 self.fn(*static_in)
         torch.cuda.current_stream(self.torch_device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            static_out = list(self.fn(*static_in))
+        try:
+            with torch.cuda.graph(graph):
+                static_out = list(self.fn(*static_in))
+        except Exception as exc:  # noqa: BLE001 - CUDA's capture errors come as several types
+            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            raise DeployzooError(f"{self.where}: capturing a CUDA graph failed ({first}); rebuild without "
+                                 "--cuda-graphs") from None
         log.info("%s: captured a CUDA graph for input shapes %s", self.where, [tuple(t.shape) for t in ts])
         return graph, static_in, static_out
 
