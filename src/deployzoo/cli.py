@@ -184,6 +184,15 @@ def build(
     typer.echo(f"wrote engine {eng.dir}")
 
 
+def _cluster_spec(address: Optional[str], workers: int, gpus: float, cpus: float = 1.0, ship: bool = False):
+    """--cluster and its options as a cluster.ClusterSpec (None without --cluster)."""
+    if address is None:
+        return None
+    from deployzoo.cluster import ClusterSpec
+
+    return ClusterSpec(address, workers, gpus, cpus, ship).check()
+
+
 @app.command()
 @request_options(*_BUILD_OPTIONS)
 @request_options("variant", "weights", "weights_sha256", "backend", "precision", "imgsz", "calib", "calib_size",
@@ -211,6 +220,14 @@ def predict(
                                                    "(default 0.5)."),
     pipeline: str = typer.Option("auto", help="auto | host | device: decode / pre / post on the CPU (host) or on "
                                  "the engine's device (torch-based backends; auto: device when on CUDA)."),
+    cluster: Optional[str] = typer.Option(None, "--cluster", help="Shard the images over a Ray cluster: auto (the "
+                                          "one `ray start` runs here), local (start one on this machine), "
+                                          "ray://HOST:PORT or HOST:PORT. Same outputs as without."),
+    workers: int = typer.Option(2, "--workers", help="(--cluster) Ray actors, each holding the engine."),
+    gpus_per_worker: float = typer.Option(0.0, "--gpus-per-worker", help="(--cluster) GPUs per actor."),
+    cpus_per_worker: float = typer.Option(1.0, "--cpus-per-worker", help="(--cluster) CPUs per actor."),
+    ship_images: bool = typer.Option(False, "--ship-images", help="(--cluster) send the image bytes through Ray's "
+                                     "object store (workers without the source on a shared filesystem)."),
     req: dict = None,  # request_options' values
 ) -> None:
     """Run an engine (or a model, built on the fly) over images; write OUT/predictions.jsonl."""
@@ -231,13 +248,15 @@ def predict(
         typer.echo(f"engine: {engine_dir}", err=True)
     else:
         engine_dir = Path(engine)
+    spec = _cluster_spec(cluster, workers, gpus_per_worker, cpus_per_worker, ship_images)
     with _on_interrupt(lambda: predict_kept(output)):
         s = run_predict(engine_dir, source, output, batch=batch, formats=formats, save_img=save_img, resume=resume,
-                        overwrite=overwrite, threads=threads, device=device, pipeline=pipeline,
+                        overwrite=overwrite, threads=threads, device=device, pipeline=pipeline, cluster=spec,
                         post={"conf": conf, "iou": iou, "max_det": max_det, "flip": flip,
                               "min_face_score": min_face_score})
     typer.echo(f"{s.written} images predicted ({s.resumed} already done, {s.skipped} skipped as unreadable or "
-               f"unusable) in {s.seconds:.1f}s -> {s.out_dir}/predictions.jsonl")
+               f"unusable) in {s.seconds:.1f}s" + (f" by {s.workers} Ray workers" if s.workers else "")
+               + f" -> {s.out_dir}/predictions.jsonl")
     for w in s.warnings:
         typer.echo(f"WARNING: {w}", err=True)
 
@@ -452,6 +471,10 @@ def run(
                                              "many points of fp32 on held-out calibration images; see build)."),
     plan: bool = typer.Option(False, "--plan", help=f"int8: planned within --max-drop, default {DEFAULT_MAX_DROP} "
                               "points."),
+    cluster: Optional[str] = typer.Option(None, "--cluster", help="Run the accuracy pass on a Ray cluster (as predict "
+                                          "--cluster: auto | local | ray://HOST:PORT | HOST:PORT)."),
+    workers: int = typer.Option(2, "--workers", help="(--cluster) Ray actors, each holding the engine."),
+    gpus_per_worker: float = typer.Option(0.0, "--gpus-per-worker", help="(--cluster) GPUs per actor."),
     req: dict = None,  # request_options' values
 ) -> None:
     """Export, build per precision, predict + eval, bench per batch; write RUN_DIR/report.md + report.json.
@@ -475,6 +498,7 @@ def run(
         warmup=warmup, threads=threads, demo_images=demo_images, device=device, build_options=opts,
         max_drop=DEFAULT_MAX_DROP if plan and max_drop is None else max_drop,
         rounds=rounds, rebench=rebench, no_cache=no_cache,
+        cluster=_cluster_spec(cluster, workers, gpus_per_worker),
         **{k: v for k, v in req.items() if k not in _BUILD_OPTIONS},
     )
     with _on_interrupt(lambda: f"every finished stage is kept in {output} (engines, predictions, scores, benchmark "

@@ -40,9 +40,10 @@ class PredictSummary:
     seconds: float = 0.0
     stage_seconds: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    workers: int | None = None  # --cluster: the Ray worker processes that answered
 
     def to_json(self) -> dict[str, Any]:
-        d = {k: v for k, v in self.__dict__.items() if k != "out_dir"}
+        d = {k: v for k, v in self.__dict__.items() if k != "out_dir" and not (k == "workers" and v is None)}
         d["out_dir"] = str(self.out_dir)
         d["images_per_second"] = round(self.written / self.seconds, 3) if self.seconds > 0 else None
         return d
@@ -131,6 +132,7 @@ def predict(
     post: dict[str, Any] | None = None,
     show_progress: bool = True,
     pipeline: str = "auto",
+    cluster: Any = None,
 ) -> PredictSummary:
     """`pipeline`: 'host' (decode / pre / post on the CPU, pipeline.py), 'device' (on the runner's device,
     pipeline_device.py; needs a tensor runner and a task with tensor hooks) or 'auto' (device when possible and the
@@ -138,7 +140,10 @@ def predict(
 
     `resume`: True continues an earlier run into `out_dir` (refused if the engine, pre/post-processing, formats or
     source differ: OUT/predict_settings.json records them); "auto" continues it when they are the same and starts
-    over otherwise (`run` uses this). A second predict into the same directory is refused while one runs."""
+    over otherwise (`run` uses this). A second predict into the same directory is refused while one runs.
+
+    `cluster` (a cluster.ClusterSpec): the images are run by Ray actors (cluster.py); the records are the same and
+    are written here in the same order, incrementally, with the same resume."""
     out_dir = Path(out_dir)
     check_predict_dir(out_dir)
     try:
@@ -148,16 +153,32 @@ def predict(
     with DirLock(out_dir, "predict"):
         return _predict(engine, source, out_dir, batch=batch, formats=formats, save_img=save_img, resume=resume,
                         overwrite=overwrite, threads=threads, device=device, workers=workers, post=post,
-                        show_progress=show_progress, pipeline=pipeline)
+                        show_progress=show_progress, pipeline=pipeline, cluster=cluster)
 
 
 def _predict(engine: str | Path | Loaded, source: str | Path, out_dir: Path, *, batch: int | None,
              formats: tuple[str, ...], save_img: bool, resume: bool | str, overwrite: bool, threads: int | None,
              device: str | None, workers: int, post: dict[str, Any] | None, show_progress: bool,
-             pipeline: str) -> PredictSummary:
-    loaded = engine if isinstance(engine, Loaded) else load_engine(engine, threads=threads, device=device)
+             pipeline: str, cluster: Any = None) -> PredictSummary:
+    if cluster is not None:  # the workers load the engine; here only what it is
+        if save_img:
+            raise DeployzooError("--save-img with --cluster: not supported yet (the rendered images stay on the "
+                                 "workers); predict without --cluster to render")
+        if pipeline == "device":
+            raise DeployzooError("--pipeline device with --cluster: the workers run the host pipeline")
+        if isinstance(engine, Loaded):
+            loaded = engine
+        else:
+            from deployzoo.engine import Engine
+            from deployzoo.registry import get_task
+
+            e = Engine.load(engine)
+            loaded = Loaded(e, None, get_task(e.task))  # type: ignore[arg-type]
+        which = "cluster"
+    else:
+        loaded = engine if isinstance(engine, Loaded) else load_engine(engine, threads=threads, device=device)
+        which = choose_pipeline(loaded, pipeline)
     eng, task = loaded.engine, loaded.task
-    which = choose_pipeline(loaded, pipeline)
     formats = tuple(dict.fromkeys((*formats, *task.always_formats)))
     for fmt in formats:
         if fmt != "jsonl" and fmt not in task.formats:
@@ -193,6 +214,7 @@ def _predict(engine: str | Path | Loaded, source: str | Path, out_dir: Path, *, 
     todo: list[SourceItem] = [i for i in items if i.name not in done]
     summary.resumed = len(items) - len(todo)
     times = StageTimes()
+    cluster_stats: dict[str, Any] = {}
     t_start = time.perf_counter()
     vis_dir = out_dir / "vis"
     # formats that need the whole item list up front (e.g. a features array by row)
@@ -234,9 +256,16 @@ def _predict(engine: str | Path | Loaded, source: str | Path, out_dir: Path, *, 
             bar.advance()
 
         try:
-            run = run_batches_device if which == "device" else run_batches
-            run(loaded, todo, batch=batch, on_result=on_result, on_skip=on_skip, times=times,
-                keep_image=save_img, workers=workers, post=merged)
+            if cluster is not None:
+                from deployzoo.cluster import run_on_cluster
+
+                ran = run_on_cluster(loaded, todo, batch=batch, post=merged, spec=cluster, on_result=on_result,
+                                     on_skip=on_skip, threads=threads, device=device)
+                summary.workers, cluster_stats = ran.get("workers"), ran
+            else:
+                run = run_batches_device if which == "device" else run_batches
+                run(loaded, todo, batch=batch, on_result=on_result, on_skip=on_skip, times=times,
+                    keep_image=save_img, workers=workers, post=merged)
         finally:
             for w in writers.values():
                 w.close()
@@ -251,6 +280,10 @@ def _predict(engine: str | Path | Loaded, source: str | Path, out_dir: Path, *, 
     info["source"] = str(Path(source))
     info["batch"] = batch
     info["pipeline"] = which
+    if cluster is not None:
+        info["cluster"] = {"address": cluster.address, "workers": cluster.workers,
+                           "gpus_per_worker": cluster.gpus_per_worker, "ship_images": cluster.ship_images,
+                           **cluster_stats}
     write_json(out_dir / SUMMARY_FILE, info)
     if summary.skipped:
         log.warning("%d of %d images skipped (unreadable or unusable); see %s", summary.skipped, len(items), skip_path)

@@ -62,6 +62,7 @@ class RunConfig:
     no_cache: bool = False  # predict, score and measure again (engines are still reused)
     float_groups: str | tuple[str, ...] | None = None  # int8: layer groups kept float (None: the backend's default)
     max_drop: float | None = None  # int8 planned (quant/planner.py) within this drop on every backend that can
+    cluster: Any = None  # a cluster.ClusterSpec: the accuracy pass's predict runs on Ray actors
 
 
 @dataclass
@@ -218,11 +219,14 @@ def accuracy_stage(plan: RunPlan) -> AccuracyStage:
         def predict_and_score(e: Engine = e, pred_dir: Path = pred_dir, prec: str = prec) -> dict[str, Any]:
             # resume an interrupted predict of this same engine and settings; any other predictions are replaced
             (pred_dir / "stage.key").unlink(missing_ok=True)  # the marker of older versions: predict keeps its own
-            loaded = load_engine(e.dir, threads=cfg.threads, device=cfg.device)
-            warm_up(loaded, data.source, plan.predict_batch)  # lazy init off the stage times
+            if cfg.cluster is None:
+                loaded: Any = load_engine(e.dir, threads=cfg.threads, device=cfg.device)
+                warm_up(loaded, data.source, plan.predict_batch)  # lazy init off the stage times
+            else:  # the Ray workers load it
+                loaded = e.dir
             predict(loaded, data.source, pred_dir, batch=plan.predict_batch, formats=("jsonl", *data.pred_formats),
                     resume=False if cfg.no_cache else "auto", overwrite=cfg.no_cache, threads=cfg.threads,
-                    device=cfg.device)
+                    device=cfg.device, cluster=cfg.cluster)
             plot = plan.out / f"{data.plot_name.lower()}_{prec}.png" if data.plot_name else None
             return data.evaluate(pred_dir, plot, title=f"{plan.spec.name} {plan.variant} {prec}")
 

@@ -1,0 +1,211 @@
+"""`predict --cluster`: a source's images sharded over a Ray cluster with Ray Data.
+
+The driver (the `predict` process) lists the source and what is left to do (resume), and streams it as a Ray
+Dataset of rows (position, path, name, the task's per-item metadata; the encoded bytes too for items held in
+memory, e.g. a .bin set, or with `ship_images`). `map_batches` runs them through a pool of `workers` actors
+(`PredictShard`), each holding the engine, loaded once from its directory: the path itself where the worker can
+read it and finds the same manifest (one machine, a shared filesystem), else a copy unpacked from an archive the
+driver put once into Ray's object store. An actor runs the host pipeline (pipeline.run_batches: the task's pre-
+and post-processing, the engine) over its rows and returns one row per input row, the record or the reason the
+image was skipped. With `preserve_order` the driver receives them in source order and writes them through the
+same writers as local predict (predictions.jsonl, the task's files, skipped.jsonl) as they arrive.
+
+Fault tolerance is Ray Data's: its actors are restarted when they die and their unfinished batches retried
+(`max_restarts=-1`, `max_task_retries=-1` set here explicitly), so a killed worker costs the batch it held, not
+the run; nothing is written twice because the driver writes each source position once, in order.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import pickle
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deployzoo.data.images import SourceItem
+from deployzoo.errors import DeployzooError
+
+log = logging.getLogger(__name__)
+
+ROWS_PER_BLOCK = 16  # source items per Ray Data block (the unit a worker receives)
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    """Where and how wide: `address` is 'auto' (the cluster `ray start` made on this machine), 'local' (a
+    one-machine Ray started for this run), 'ray://HOST:PORT' (Ray Client) or a GCS address HOST:PORT."""
+
+    address: str
+    workers: int = 2
+    gpus_per_worker: float = 0.0
+    cpus_per_worker: float = 1.0
+    ship_images: bool = False  # send encoded images through the object store (no shared filesystem)
+
+    def check(self) -> ClusterSpec:
+        if self.workers < 1:
+            raise DeployzooError(f"--workers {self.workers}: expected a positive number of Ray actors")
+        if self.gpus_per_worker < 0 or self.cpus_per_worker <= 0:
+            raise DeployzooError("--gpus-per-worker must be >= 0 and the CPUs per worker > 0")
+        return self
+
+
+def import_ray() -> Any:
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError as exc:
+        raise DeployzooError(f"--cluster needs Ray Data: pip install 'ray[data]' ({exc})") from None
+    return ray
+
+
+def connect(spec: ClusterSpec) -> Callable[[], None]:
+    """ray.init for `spec` (unless this process is already connected); returns what undoes it."""
+    ray = import_ray()
+    if ray.is_initialized():
+        return lambda: None
+    addr = None if spec.address == "local" else spec.address
+    env = {"env_vars": {"PYTHONWARNINGS": "ignore::DeprecationWarning"}}
+    try:
+        ray.init(address=addr, runtime_env=env, logging_level=logging.WARNING, log_to_driver=False,
+                 include_dashboard=False) if addr is None else \
+            ray.init(address=addr, runtime_env=env, logging_level=logging.WARNING, log_to_driver=False)
+    except Exception as exc:  # ConnectionError, RuntimeError, ValueError: which one depends on the address form
+        raise DeployzooError(f"--cluster {spec.address}: cannot connect to a Ray cluster ({type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0] if str(exc) else 'no reason given'})") from None
+    return ray.shutdown
+
+
+def pack_engine(engine_dir: Path) -> bytes:
+    """The engine directory as an uncompressed tar (its files are already compressed or incompressible)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for p in sorted(Path(engine_dir).rglob("*")):
+            if p.is_file() and not p.name.startswith("."):
+                tar.add(p, arcname=p.relative_to(engine_dir).as_posix())
+    return buf.getvalue()
+
+
+def _engine_here(engine_dir: str, sha256: str) -> Path | None:
+    """The driver's engine directory when this worker can read it and it holds the same engine."""
+    from deployzoo.engine import Engine
+
+    p = Path(engine_dir)
+    try:
+        return p if p.is_dir() and Engine.load(p, verify=False).model_sha256 == sha256 else None
+    except (DeployzooError, OSError):
+        return None
+
+
+class PredictShard:
+    """A Ray Data actor: the engine loaded once; each batch of rows run through the task's host pipeline."""
+
+    def __init__(self, engine_dir: str, sha256: str, archive: Any, batch: int, post: dict[str, Any],
+                 threads: int | None, device: str | None) -> None:
+        from deployzoo.pipeline import load_engine
+
+        here = _engine_here(engine_dir, sha256)
+        if here is None:  # another machine: unpack the driver's copy from the object store
+            import ray
+
+            blob = ray.get(archive) if not isinstance(archive, bytes) else archive
+            self._tmp = tempfile.TemporaryDirectory(prefix="deployzoo-engine-")
+            with tarfile.open(fileobj=io.BytesIO(blob), mode="r") as tar:
+                tar.extractall(self._tmp.name, filter="data")
+            here = Path(self._tmp.name)
+        self.loaded = load_engine(here, threads=threads, device=device)  # verifies the files' hashes
+        self.batch, self.post = batch, post
+
+    def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from deployzoo.pipeline import StageTimes, run_batches
+
+        items = [SourceItem(Path(p), str(n), pickle.loads(m) if len(m) else None, bytes(d) if len(d) else None)
+                 for p, n, m, d in zip(rows["path"], rows["name"], rows["meta"], rows["data"])]
+        out: dict[str, tuple[str, Any]] = {}
+
+        def on_result(item: SourceItem, img: Any, rec: dict[str, Any]) -> None:
+            out[item.name] = ("ok", {k: v for k, v in rec.items() if k != "_crop"})
+
+        def on_skip(item: SourceItem, err: str) -> None:
+            out[item.name] = ("skip", err)
+
+        run_batches(self.loaded, items, batch=self.batch, on_result=on_result, on_skip=on_skip, times=StageTimes(),
+                    workers=2, post=self.post)
+        return {"pos": rows["pos"], "result": np.array([pickle.dumps(out[i.name]) for i in items], dtype=object),
+                "worker": np.array([os.getpid()] * len(items))}
+
+
+def run_on_cluster(loaded: Any, items: list[SourceItem], *, batch: int, post: dict[str, Any], spec: ClusterSpec,
+                   on_result: Callable[[SourceItem, Any, dict[str, Any]], None],
+                   on_skip: Callable[[SourceItem, str], None], threads: int | None = None,
+                   device: str | None = None) -> dict[str, Any]:
+    """Stream `items` through `spec.workers` Ray actors; the callbacks get every item once, in source order (the
+    same contract as pipeline.run_batches). Returns what the run was like: the distinct worker processes that
+    answered, seconds to the first record (connecting, shipping the engine, starting the actors), and the seconds
+    the driver spent on the records (unpickling them and the callbacks: its ceiling, records / driver_seconds)."""
+    if not items:
+        return {"workers": 0}
+    spec.check()
+    ray = import_ray()
+    t0 = time.perf_counter()
+    done = connect(spec)
+    try:
+        from ray.data import DataContext
+
+        ctx = DataContext.get_current()
+        ctx.execution_options.preserve_order = True  # results in source order, so the driver writes as they come
+        ctx.enable_progress_bars = False
+        eng = loaded.engine
+        archive = ray.put(pack_engine(eng.dir))
+        rows = [{"pos": k, "path": str(i.path), "name": i.name,
+                 "meta": pickle.dumps(i.meta) if i.meta is not None else b"",
+                 "data": i.data if i.data is not None else (_read(i) if spec.ship_images else b"")}
+                for k, i in enumerate(items)]
+        ds = ray.data.from_items(rows, override_num_blocks=max(1, -(-len(rows) // ROWS_PER_BLOCK)))
+        per_call = max(batch, ROWS_PER_BLOCK)
+        ds = ds.map_batches(
+            PredictShard, batch_size=per_call, batch_format="numpy", concurrency=spec.workers,
+            num_cpus=spec.cpus_per_worker, num_gpus=spec.gpus_per_worker or None,
+            fn_constructor_kwargs={"engine_dir": str(Path(eng.dir).resolve()), "sha256": eng.model_sha256,
+                                   "archive": archive, "batch": batch, "post": post, "threads": threads,
+                                   "device": device},
+            max_restarts=-1, max_task_retries=-1)
+        seen: set[int] = set()
+        workers: set[int] = set()
+        first = driver = 0.0
+        for row in ds.iter_rows():
+            t = time.perf_counter()
+            first = first or t - t0
+            pos = int(row["pos"])
+            if pos in seen:  # (a retried batch whose first answer already arrived: never written twice)
+                continue
+            seen.add(pos)
+            workers.add(int(row["worker"]))
+            kind, value = pickle.loads(row["result"])
+            if kind == "ok":
+                on_result(items[pos], None, value)
+            else:
+                on_skip(items[pos], value)
+            driver += time.perf_counter() - t
+        missing = len(items) - len(seen)
+        if missing:
+            raise DeployzooError(f"--cluster: {missing} of {len(items)} images came back from no worker; run again "
+                                 "with --resume")
+        return {"workers": len(workers), "first_record_seconds": round(first, 3), "driver_seconds": round(driver, 3)}
+    finally:
+        done()
+
+
+def _read(item: SourceItem) -> bytes:
+    try:
+        return Path(item.path).read_bytes()
+    except OSError:
+        return b""  # the worker's read reports it (and the item is skipped with that reason)
