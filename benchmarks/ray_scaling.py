@@ -80,23 +80,29 @@ def timed(label: str, workers: int | None, threads: int | None) -> dict:
 
         ray.shutdown()
         cluster.shutdown()
+    stats = json.loads((out / "summary.json").read_text()).get("cluster", {})
     return {"setup": label, "workers": workers or 0, "threads": threads, "images": s.written, "seconds": round(wall, 2),
+            "answered": stats.get("workers"), "driver_s": stats.get("driver_seconds"),
             "images_per_second": round(s.written / wall, 2), "first_record_s": round(first[0], 2),
             "steady_images_per_second": round((s.written - 1) / (wall - first[0]), 2) if wall > first[0] else None}
 
 
 rows = [timed("local, ORT default threads", None, None), timed("local, 1 thread", None, 1),
         timed("cluster, 1 worker", 1, 1), timed("cluster, 2 workers", 2, 1)]
-res = {"machine": machine(), "versions": versions(), "created": now_iso(), "images": args.images,
+import ray  # noqa: E402
+
+res = {"machine": machine(), "versions": {**versions(), "ray": ray.__version__}, "created": now_iso(), "images": args.images,
        "batch": args.batch, "weights": str(weights) if weights.exists() else "random", "rows": rows}
 out = Path(args.out)
 out.mkdir(parents=True, exist_ok=True)
 (out / "ray_scaling.json").write_text(json.dumps(res, indent=2) + "\n")
-table = md_table(["Setup", "Workers", "Images", "Wall s", "img/s (wall)", "first record s", "img/s after it"],
-                 [[r["setup"], r["workers"], r["images"], r["seconds"], r["images_per_second"], r["first_record_s"],
-                   r["steady_images_per_second"]] for r in rows])
+table = md_table(["Setup", "Workers (answered)", "Images", "Wall s", "img/s (wall)", "first record s", "img/s after it",
+                  "driver s"],
+                 [[r["setup"], f"{r['workers']} ({r['answered']})" if r["workers"] else "-", r["images"], r["seconds"],
+                   r["images_per_second"], f"{r['first_record_s']:.2f}", r["steady_images_per_second"],
+                   r["driver_s"] if r["driver_s"] is not None else "-"] for r in rows])
 (out / "ray_scaling_tables.md").write_text(
     f"RetinaFace-mnet origin size, ORT fp32, batch {args.batch}, {args.images} COCO128 photos; "
-    f"{res['machine']['cpu']}, {res['machine']['affinity_cores']} cores; {res['created']}.\n\n{table}\n")
+    f"{res['machine']['cpu']}, {res['machine']['affinity_cores']} cores; Ray {ray.__version__}; {res['created']}.\n\n{table}\n")
 print(table)
 shutil.rmtree(work, ignore_errors=True)

@@ -82,6 +82,33 @@ def test_cluster_predict_equals_local_predict(cluster, mnet_random_fp32, photos,
     assert all((local / p).read_bytes() == (out / p).read_bytes() for p in wider)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["pipeline"] == "cluster" and summary["cluster"]["workers"] == 2
+    assert summary["cluster"]["engine_from"] == ["shared path"]  # same machine: the directory itself
+
+
+def test_engine_and_images_through_the_object_store(cluster, mnet_random_fp32, photos, local, tmp_path):
+    """--ship-engine --ship-images: what a cluster without a shared filesystem does; the same files."""
+    out = tmp_path / "s"
+    predict(mnet_random_fp32, photos, out, batch=4, formats=("jsonl", "widerface"), show_progress=False,
+            cluster=ClusterSpec(cluster.address, workers=2, ship_images=True, ship_engine=True))
+    assert _files(out) == _files(local)
+    assert json.loads((out / "summary.json").read_text())["cluster"]["engine_from"] == ["object store"]
+
+
+def test_run_cluster_scores_the_same_as_a_local_run(cluster, tmp_path):
+    """`run --cluster`: the accuracy pass on the Ray workers gives the predictions and scores of a local run."""
+    args = ["run", "mobilenetv1", "--precisions", "fp32", "--demo-images", "8", "--batches", "1", "--iters", "1",
+            "--warmup", "0", "--no-reference"]
+    run_cli([*args, "-o", str(tmp_path / "local")])
+    run_cli([*args, "--cluster", cluster.address, "--workers", "2", "-o", str(tmp_path / "ray")])
+    pred = Path("predictions") / "fp32"
+    assert (tmp_path / "local" / pred / "predictions.jsonl").read_bytes() == \
+        (tmp_path / "ray" / pred / "predictions.jsonl").read_bytes()
+    summary = json.loads((tmp_path / "ray" / pred / "summary.json").read_text())
+    assert summary["pipeline"] == "cluster" and summary["cluster"]["workers"] >= 1
+    acc = [json.loads((tmp_path / d / "report.json").read_text())["accuracy"]["fp32"] for d in ("local", "ray")]
+    assert [{k: a[k] for k in ("top1", "top5", "n", "n_missing")} for a in acc] == \
+        [{k: acc[0][k] for k in ("top1", "top5", "n", "n_missing")}] * 2 and acc[1]["n"] == 8
+    assert acc[1]["end_to_end"]["images"] == 8  # the cluster pass reports its own throughput
 
 
 def _worker_pids() -> list[int]:
@@ -127,13 +154,20 @@ def test_a_killed_worker_is_restarted_and_nothing_is_lost_or_written_twice(clust
 
 
 def test_cluster_resumes_a_local_run(cluster, mnet_random_fp32, photos, local, tmp_path):
-    out = tmp_path / "r"
+    """An interrupted local run resumed on the cluster equals it resumed locally. 18 kept lines is not a multiple
+    of the batch (4), so the batches after it differ from a fresh run's; the cluster must form the same ones."""
+    import shutil
+
+    out, ref = tmp_path / "r", tmp_path / "ref"
     predict(mnet_random_fp32, photos, out, batch=4, formats=("jsonl", "widerface"), show_progress=False)
     lines = (out / "predictions.jsonl").read_text().splitlines(keepends=True)
-    (out / "predictions.jsonl").write_text("".join(lines[:20]))  # an interrupted run: 20 images kept
+    (out / "predictions.jsonl").write_text("".join(lines[:18]))  # an interrupted run: 18 images kept
+    shutil.copytree(out, ref)
+    predict(mnet_random_fp32, photos, ref, batch=4, formats=("jsonl", "widerface"), show_progress=False, resume=True)
     run_cli(["predict", str(mnet_random_fp32), "--source", str(photos), "-o", str(out), "--batch", "4",
              "--format", "widerface", "--resume", "--cluster", cluster.address, "--workers", "2"])
-    assert _files(out)["predictions.jsonl"] == _files(local)["predictions.jsonl"]
+    assert _files(out) == _files(ref)
+    assert json.loads((out / "summary.json").read_text())["resumed"] == 18 + 1  # the kept lines and the skip
 
 
 def test_arcface_features_on_the_cluster_equal_local(cluster, tmp_path):
@@ -167,6 +201,16 @@ def test_one_line_refusals(cluster, mnet_random_fp32, photos, tmp_path, monkeypa
                 cluster=ClusterSpec(cluster.address))
     with pytest.raises(DeployzooError, match="--workers 0"):
         ClusterSpec(cluster.address, workers=0).check()
+    import socket
+
+    with socket.socket() as sk:  # a port nothing listens on: refused at once, not after ray.init's minutes
+        sk.bind(("127.0.0.1", 0))
+        port = sk.getsockname()[1]
+    for addr in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}"):
+        with pytest.raises(DeployzooError, match=f"--cluster {addr}: nothing answers at 127.0.0.1:{port}"):
+            predict(mnet_random_fp32, photos, tmp_path / "b", show_progress=False, cluster=ClusterSpec(addr))
+    with pytest.raises(DeployzooError, match="--cluster nohost: expected auto, local, ray://HOST:PORT or HOST:PORT"):
+        predict(mnet_random_fp32, photos, tmp_path / "c", show_progress=False, cluster=ClusterSpec("nohost"))
     monkeypatch.setitem(__import__("sys").modules, "ray", None)
     with pytest.raises(DeployzooError, match=r"--cluster needs Ray Data: pip install 'ray\[data\]'"):
         import_ray()

@@ -184,13 +184,14 @@ def build(
     typer.echo(f"wrote engine {eng.dir}")
 
 
-def _cluster_spec(address: Optional[str], workers: int, gpus: float, cpus: float = 1.0, ship: bool = False):
+def _cluster_spec(address: Optional[str], workers: int, gpus: float, cpus: float = 1.0, ship_images: bool = False,
+                  ship_engine: bool = False):
     """--cluster and its options as a cluster.ClusterSpec (None without --cluster)."""
     if address is None:
         return None
     from deployzoo.cluster import ClusterSpec
 
-    return ClusterSpec(address, workers, gpus, cpus, ship).check()
+    return ClusterSpec(address, workers, gpus, cpus, ship_images, ship_engine).check()
 
 
 @app.command()
@@ -228,6 +229,9 @@ def predict(
     cpus_per_worker: float = typer.Option(1.0, "--cpus-per-worker", help="(--cluster) CPUs per actor."),
     ship_images: bool = typer.Option(False, "--ship-images", help="(--cluster) send the image bytes through Ray's "
                                      "object store (workers without the source on a shared filesystem)."),
+    ship_engine: bool = typer.Option(False, "--ship-engine", help="(--cluster) load the engine from the copy in "
+                                     "Ray's object store even where its directory is readable (it is used "
+                                     "anyway where the worker cannot read it or finds another engine there)."),
     req: dict = None,  # request_options' values
 ) -> None:
     """Run an engine (or a model, built on the fly) over images; write OUT/predictions.jsonl."""
@@ -248,14 +252,14 @@ def predict(
         typer.echo(f"engine: {engine_dir}", err=True)
     else:
         engine_dir = Path(engine)
-    spec = _cluster_spec(cluster, workers, gpus_per_worker, cpus_per_worker, ship_images)
+    spec = _cluster_spec(cluster, workers, gpus_per_worker, cpus_per_worker, ship_images, ship_engine)
     with _on_interrupt(lambda: predict_kept(output)):
         s = run_predict(engine_dir, source, output, batch=batch, formats=formats, save_img=save_img, resume=resume,
                         overwrite=overwrite, threads=threads, device=device, pipeline=pipeline, cluster=spec,
                         post={"conf": conf, "iou": iou, "max_det": max_det, "flip": flip,
                               "min_face_score": min_face_score})
     typer.echo(f"{s.written} images predicted ({s.resumed} already done, {s.skipped} skipped as unreadable or "
-               f"unusable) in {s.seconds:.1f}s" + (f" by {s.workers} Ray workers" if s.workers else "")
+               f"unusable) in {s.seconds:.1f}s" + (f" by {s.workers} Ray worker{'s' if s.workers > 1 else ''}" if s.workers else "")
                + f" -> {s.out_dir}/predictions.jsonl")
     for w in s.warnings:
         typer.echo(f"WARNING: {w}", err=True)

@@ -1,8 +1,10 @@
 """`predict --cluster`: a source's images sharded over a Ray cluster with Ray Data.
 
-The driver (the `predict` process) lists the source and what is left to do (resume), and streams it as a Ray
-Dataset of rows (position, path, name, the task's per-item metadata; the encoded bytes too for items held in
-memory, e.g. a .bin set, or with `ship_images`). `map_batches` runs them through a pool of `workers` actors
+The driver (the `predict` process) lists the source and what is left to do (resume), and makes a Ray Dataset of
+one row per engine batch of items, in source order (each item's position, path, name and the task's metadata;
+the encoded bytes too for items held in memory, e.g. a .bin set, or with `ship_images`), so that the images that
+share a batch, and so the zero-padding of original-size batches, are local predict's whatever blocks Ray Data
+makes. `map_batches` runs them through a pool of `workers` actors
 (`PredictShard`), each holding the engine, loaded once from its directory: the path itself where the worker can
 read it and finds the same manifest (one machine, a shared filesystem), else a copy unpacked from an archive the
 driver put once into Ray's object store. An actor runs the host pipeline (pipeline.run_batches: the task's pre-
@@ -10,9 +12,9 @@ and post-processing, the engine) over its rows and returns one row per input row
 image was skipped. With `preserve_order` the driver receives them in source order and writes them through the
 same writers as local predict (predictions.jsonl, the task's files, skipped.jsonl) as they arrive.
 
-Fault tolerance is Ray Data's: its actors are restarted when they die and their unfinished batches retried
-(`max_restarts=-1`, `max_task_retries=-1` set here explicitly), so a killed worker costs the batch it held, not
-the run; nothing is written twice because the driver writes each source position once, in order.
+Fault tolerance is Ray Data's: its actor pools default to `max_restarts=-1` and `max_task_retries=-1`, so a dead
+actor is restarted and its unfinished batches retried; a killed worker costs the batch it held, not the run.
+Nothing is written twice because the driver writes each source position once, in order.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import io
 import logging
 import os
 import pickle
+import socket
 import tarfile
 import tempfile
 import time
@@ -36,7 +39,7 @@ from deployzoo.errors import DeployzooError
 
 log = logging.getLogger(__name__)
 
-ROWS_PER_BLOCK = 16  # source items per Ray Data block (the unit a worker receives)
+ROWS_PER_BLOCK = 16  # source items per actor call at most (rounded to whole engine batches)
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,7 @@ class ClusterSpec:
     gpus_per_worker: float = 0.0
     cpus_per_worker: float = 1.0
     ship_images: bool = False  # send encoded images through the object store (no shared filesystem)
+    ship_engine: bool = False  # unpack the engine from the object store even where its directory is readable
 
     def check(self) -> ClusterSpec:
         if self.workers < 1:
@@ -73,6 +77,8 @@ def connect(spec: ClusterSpec) -> Callable[[], None]:
     if ray.is_initialized():
         return lambda: None
     addr = None if spec.address == "local" else spec.address
+    if addr not in (None, "auto"):
+        _probe(addr)
     env = {"env_vars": {"PYTHONWARNINGS": "ignore::DeprecationWarning"}}
     try:
         ray.init(address=addr, runtime_env=env, logging_level=logging.WARNING, log_to_driver=False,
@@ -82,6 +88,20 @@ def connect(spec: ClusterSpec) -> Callable[[], None]:
         raise DeployzooError(f"--cluster {spec.address}: cannot connect to a Ray cluster ({type(exc).__name__}: "
                              f"{str(exc).splitlines()[0] if str(exc) else 'no reason given'})") from None
     return ray.shutdown
+
+
+def _probe(address: str, timeout: float = 5.0) -> None:
+    """A TCP connect to HOST:PORT (or ray://HOST:PORT) first: ray.init waits minutes on an address where nothing
+    listens, this says so at once."""
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise DeployzooError(f"--cluster {address}: expected auto, local, ray://HOST:PORT or HOST:PORT")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise DeployzooError(f"--cluster {address}: nothing answers at {host}:{port} ({exc.strerror or exc}); "
+                             "is the Ray head running (ray start --head)?") from None
 
 
 def pack_engine(engine_dir: Path) -> bytes:
@@ -109,14 +129,15 @@ class PredictShard:
     """A Ray Data actor: the engine loaded once; each batch of rows run through the task's host pipeline."""
 
     def __init__(self, engine_dir: str, sha256: str, archive: Any, batch: int, post: dict[str, Any],
-                 threads: int | None, device: str | None) -> None:
+                 threads: int | None, device: str | None, ship_engine: bool = False) -> None:
         from deployzoo.pipeline import load_engine
 
-        here = _engine_here(engine_dir, sha256)
-        if here is None:  # another machine: unpack the driver's copy from the object store
+        here = None if ship_engine else _engine_here(engine_dir, sha256)
+        self.engine_from = "shared path" if here is not None else "object store"
+        if here is None:  # another machine (or asked to): unpack the driver's copy from the object store
             import ray
 
-            blob = ray.get(archive) if not isinstance(archive, bytes) else archive
+            blob = ray.get(archive[0])  # (in a list: a top-level ref would be resolved before a restart)
             self._tmp = tempfile.TemporaryDirectory(prefix="deployzoo-engine-")
             with tarfile.open(fileobj=io.BytesIO(blob), mode="r") as tar:
                 tar.extractall(self._tmp.name, filter="data")
@@ -127,8 +148,8 @@ class PredictShard:
     def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from deployzoo.pipeline import StageTimes, run_batches
 
-        items = [SourceItem(Path(p), str(n), pickle.loads(m) if len(m) else None, bytes(d) if len(d) else None)
-                 for p, n, m, d in zip(rows["path"], rows["name"], rows["meta"], rows["data"])]
+        chunks = [pickle.loads(c) for c in rows["chunk"]]  # each a list of (pos, path, name, meta, data, shipped)
+        items = [SourceItem(Path(p), n, m, d, sh and d is not None) for chunk in chunks for _, p, n, m, d, sh in chunk]
         out: dict[str, tuple[str, Any]] = {}
 
         def on_result(item: SourceItem, img: Any, rec: dict[str, Any]) -> None:
@@ -137,10 +158,13 @@ class PredictShard:
         def on_skip(item: SourceItem, err: str) -> None:
             out[item.name] = ("skip", err)
 
+        # the chunks are whole engine batches (the last one may be short), so the batches are local predict's
         run_batches(self.loaded, items, batch=self.batch, on_result=on_result, on_skip=on_skip, times=StageTimes(),
                     workers=2, post=self.post)
-        return {"pos": rows["pos"], "result": np.array([pickle.dumps(out[i.name]) for i in items], dtype=object),
-                "worker": np.array([os.getpid()] * len(items))}
+        results = [pickle.dumps([(pos, *out[name]) for pos, _, name, *_ in chunk]) for chunk in chunks]
+        return {"index": rows["index"], "result": np.array(results, dtype=object),
+                "worker": np.array([os.getpid()] * len(chunks)),
+                "engine_from": np.array([self.engine_from] * len(chunks))}
 
 
 def run_on_cluster(loaded: Any, items: list[SourceItem], *, batch: int, post: dict[str, Any], spec: ClusterSpec,
@@ -162,50 +186,58 @@ def run_on_cluster(loaded: Any, items: list[SourceItem], *, batch: int, post: di
 
         ctx = DataContext.get_current()
         ctx.execution_options.preserve_order = True  # results in source order, so the driver writes as they come
-        ctx.enable_progress_bars = False
+        ctx.enable_progress_bars = False  # predict draws its own, from the records as they arrive
+        logging.getLogger("ray.data").setLevel(logging.WARNING)  # not an INFO line per dataset
+        logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # nor that its bars are off
         eng = loaded.engine
         archive = ray.put(pack_engine(eng.dir))
-        rows = [{"pos": k, "path": str(i.path), "name": i.name,
-                 "meta": pickle.dumps(i.meta) if i.meta is not None else b"",
-                 "data": i.data if i.data is not None else (_read(i) if spec.ship_images else b"")}
-                for k, i in enumerate(items)]
-        ds = ray.data.from_items(rows, override_num_blocks=max(1, -(-len(rows) // ROWS_PER_BLOCK)))
-        per_call = max(batch, ROWS_PER_BLOCK)
+        # one Ray row per engine batch of items, in source order: Ray Data may split and bundle blocks as it likes
+        # without changing which images share a batch (original-size batches are zero-padded to their largest)
+        chunks = [[(k, str(i.path), i.name, i.meta,
+                    i.data if i.data is not None else (_read(i) if spec.ship_images else None),
+                    i.data is None and spec.ship_images)
+                   for k, i in enumerate(items[c:c + batch], start=c)] for c in range(0, len(items), batch)]
+        per_call = max(1, min(ROWS_PER_BLOCK // batch, -(-len(chunks) // spec.workers)))  # batches per actor call
+        rows = [{"index": j, "chunk": pickle.dumps(chunk)} for j, chunk in enumerate(chunks)]
+        ds = ray.data.from_items(rows, override_num_blocks=max(1, -(-len(rows) // per_call)))
         ds = ds.map_batches(
-            PredictShard, batch_size=per_call, batch_format="numpy", concurrency=spec.workers,
+            PredictShard, batch_size=per_call, batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=spec.workers),
             num_cpus=spec.cpus_per_worker, num_gpus=spec.gpus_per_worker or None,
             fn_constructor_kwargs={"engine_dir": str(Path(eng.dir).resolve()), "sha256": eng.model_sha256,
-                                   "archive": archive, "batch": batch, "post": post, "threads": threads,
-                                   "device": device},
-            max_restarts=-1, max_task_retries=-1)
+                                   "archive": [archive], "batch": batch, "post": post, "threads": threads,
+                                   "device": device, "ship_engine": spec.ship_engine})
+        # (actor restarts and batch retries: Ray Data's actor-pool defaults, -1 and -1)
         seen: set[int] = set()
         workers: set[int] = set()
+        engine_from: set[str] = set()
         first = driver = 0.0
         for row in ds.iter_rows():
             t = time.perf_counter()
             first = first or t - t0
-            pos = int(row["pos"])
-            if pos in seen:  # (a retried batch whose first answer already arrived: never written twice)
-                continue
-            seen.add(pos)
+            for pos, kind, value in pickle.loads(row["result"]):
+                if pos in seen:  # (a retried batch whose first answer already arrived: never written twice)
+                    continue
+                seen.add(pos)
+                if kind == "ok":
+                    on_result(items[pos], None, value)
+                else:
+                    on_skip(items[pos], value)
             workers.add(int(row["worker"]))
-            kind, value = pickle.loads(row["result"])
-            if kind == "ok":
-                on_result(items[pos], None, value)
-            else:
-                on_skip(items[pos], value)
+            engine_from.add(str(row["engine_from"]))
             driver += time.perf_counter() - t
         missing = len(items) - len(seen)
         if missing:
             raise DeployzooError(f"--cluster: {missing} of {len(items)} images came back from no worker; run again "
                                  "with --resume")
-        return {"workers": len(workers), "first_record_seconds": round(first, 3), "driver_seconds": round(driver, 3)}
+        return {"workers": len(workers), "engine_from": sorted(engine_from), "first_record_seconds": round(first, 3),
+                "driver_seconds": round(driver, 3)}
     finally:
         done()
 
 
-def _read(item: SourceItem) -> bytes:
+def _read(item: SourceItem) -> bytes | None:
     try:
         return Path(item.path).read_bytes()
     except OSError:
-        return b""  # the worker's read reports it (and the item is skipped with that reason)
+        return None  # the worker reads the path itself and reports why (the item is skipped with that reason)

@@ -283,6 +283,7 @@ def _predict(engine: str | Path | Loaded, source: str | Path, out_dir: Path, *, 
     if cluster is not None:
         info["cluster"] = {"address": cluster.address, "workers": cluster.workers,
                            "gpus_per_worker": cluster.gpus_per_worker, "ship_images": cluster.ship_images,
+                           "ship_engine": cluster.ship_engine,
                            **cluster_stats}
     write_json(out_dir / SUMMARY_FILE, info)
     if summary.skipped:

@@ -175,6 +175,7 @@ class SourceItem:
     # what a task attaches to an item (face landmarks, faceness score, output row, source file line)
     meta: dict[str, Any] | None = field(default=None, compare=False, hash=False)
     data: bytes | None = field(default=None, compare=False, hash=False, repr=False)  # encoded image held in memory
+    shipped: bool = field(default=False, compare=False, hash=False)  # `data` is the file's bytes, sent to a worker
 
 
 def load_item(item: SourceItem, color: str = "BGR") -> np.ndarray:
@@ -190,7 +191,7 @@ def load_item_for_spec(item: SourceItem, spec: InputSpec) -> np.ndarray:
 def read_item_bytes(item: SourceItem) -> tuple[np.ndarray, str]:
     """An item's encoded bytes (uint8 array) and the label that names it in errors; the pipelines' read stage."""
     if item.data is not None:
-        return np.frombuffer(item.data, dtype=np.uint8), f"{item.path}[{item.name}]"
+        return np.frombuffer(item.data, dtype=np.uint8), str(item.path) if item.shipped else f"{item.path}[{item.name}]"
     return read_file_bytes(Path(item.path)), str(item.path)
 
 
