@@ -108,7 +108,8 @@ def test_run_cluster_scores_the_same_as_a_local_run(cluster, tmp_path):
     acc = [json.loads((tmp_path / d / "report.json").read_text())["accuracy"]["fp32"] for d in ("local", "ray")]
     assert [{k: a[k] for k in ("top1", "top5", "n", "n_missing")} for a in acc] == \
         [{k: acc[0][k] for k in ("top1", "top5", "n", "n_missing")}] * 2 and acc[1]["n"] == 8
-    assert acc[1]["end_to_end"]["images"] == 8  # the cluster pass reports its own throughput
+    assert acc[1]["end_to_end"]["images"] == 8  # the cluster pass reports its own throughput and stage times
+    assert acc[1]["end_to_end"]["ms_per_image"]["infer"] > 0 and acc[1]["end_to_end"]["ms_per_image"]["decode"] > 0
 
 
 def _worker_pids() -> list[int]:

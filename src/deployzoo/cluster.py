@@ -159,20 +159,24 @@ class PredictShard:
             out[item.name] = ("skip", err)
 
         # the chunks are whole engine batches (the last one may be short), so the batches are local predict's
-        run_batches(self.loaded, items, batch=self.batch, on_result=on_result, on_skip=on_skip, times=StageTimes(),
+        times = StageTimes()
+        run_batches(self.loaded, items, batch=self.batch, on_result=on_result, on_skip=on_skip, times=times,
                     workers=2, post=self.post)
         results = [pickle.dumps([(pos, *out[name]) for pos, _, name, *_ in chunk]) for chunk in chunks]
         return {"index": rows["index"], "result": np.array(results, dtype=object),
                 "worker": np.array([os.getpid()] * len(chunks)),
-                "engine_from": np.array([self.engine_from] * len(chunks))}
+                "engine_from": np.array([self.engine_from] * len(chunks)),
+                # this call's stage seconds, on its first row only (the driver sums them over calls)
+                "stages": np.array([pickle.dumps(times.seconds)] + [b""] * (len(chunks) - 1), dtype=object)}
 
 
 def run_on_cluster(loaded: Any, items: list[SourceItem], *, batch: int, post: dict[str, Any], spec: ClusterSpec,
                    on_result: Callable[[SourceItem, Any, dict[str, Any]], None],
                    on_skip: Callable[[SourceItem, str], None], threads: int | None = None,
-                   device: str | None = None) -> dict[str, Any]:
+                   device: str | None = None, times: Any = None) -> dict[str, Any]:
     """Stream `items` through `spec.workers` Ray actors; the callbacks get every item once, in source order (the
-    same contract as pipeline.run_batches). Returns what the run was like: the distinct worker processes that
+    same contract as pipeline.run_batches); `times` (a StageTimes) gets the workers' stage seconds, summed over
+    them. Returns what the run was like: the distinct worker processes that
     answered, seconds to the first record (connecting, shipping the engine, starting the actors), and the seconds
     the driver spent on the records (unpickling them and the callbacks: its ceiling, records / driver_seconds)."""
     if not items:
@@ -205,7 +209,9 @@ def run_on_cluster(loaded: Any, items: list[SourceItem], *, batch: int, post: di
             compute=ray.data.ActorPoolStrategy(size=spec.workers),
             num_cpus=spec.cpus_per_worker, num_gpus=spec.gpus_per_worker or None,
             fn_constructor_kwargs={"engine_dir": str(Path(eng.dir).resolve()), "sha256": eng.model_sha256,
-                                   "archive": [archive], "batch": batch, "post": post, "threads": threads,
+                                   "archive": [archive], "batch": batch, "post": post,
+                                   # an actor's runtime threads: its CPUs unless --threads says otherwise
+                                   "threads": threads if threads is not None else max(1, int(spec.cpus_per_worker)),
                                    "device": device, "ship_engine": spec.ship_engine})
         # (actor restarts and batch retries: Ray Data's actor-pool defaults, -1 and -1)
         seen: set[int] = set()
@@ -224,6 +230,9 @@ def run_on_cluster(loaded: Any, items: list[SourceItem], *, batch: int, post: di
                 else:
                     on_skip(items[pos], value)
             workers.add(int(row["worker"]))
+            if times is not None and len(row["stages"]):  # (a retried call's are counted too: work done)
+                for stage, sec in pickle.loads(row["stages"]).items():
+                    times.add(stage, sec)
             engine_from.add(str(row["engine_from"]))
             driver += time.perf_counter() - t
         missing = len(items) - len(seen)

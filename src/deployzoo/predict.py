@@ -260,7 +260,7 @@ def _predict(engine: str | Path | Loaded, source: str | Path, out_dir: Path, *, 
                 from deployzoo.cluster import run_on_cluster
 
                 ran = run_on_cluster(loaded, todo, batch=batch, post=merged, spec=cluster, on_result=on_result,
-                                     on_skip=on_skip, threads=threads, device=device)
+                                     on_skip=on_skip, threads=threads, device=device, times=times)
                 summary.workers, cluster_stats = ran.get("workers"), ran
             else:
                 run = run_batches_device if which == "device" else run_batches
