@@ -212,6 +212,14 @@ def test_one_line_refusals(cluster, mnet_random_fp32, photos, tmp_path, monkeypa
             predict(mnet_random_fp32, photos, tmp_path / "b", show_progress=False, cluster=ClusterSpec(addr))
     with pytest.raises(DeployzooError, match="--cluster nohost: expected auto, local, ray://HOST:PORT or HOST:PORT"):
         predict(mnet_random_fp32, photos, tmp_path / "c", show_progress=False, cluster=ClusterSpec("nohost"))
+    import onnxruntime
+
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():  # a worker that cannot load the engine
+        with pytest.raises(DeployzooError, match=r"^--cluster: the Ray run failed: --device cuda: onnxruntime has no "
+                           r"CUDA provider here \(install onnxruntime-gpu\) \(0 of 48 images written; --resume"):
+            predict(mnet_random_fp32, photos, tmp_path / "d", device="cuda", show_progress=False,
+                    cluster=ClusterSpec(cluster.address, workers=1))
     monkeypatch.setitem(__import__("sys").modules, "ray", None)
     with pytest.raises(DeployzooError, match=r"--cluster needs Ray Data: pip install 'ray\[data\]'"):
         import_ray()
+

@@ -76,14 +76,13 @@ def connect(spec: ClusterSpec) -> Callable[[], None]:
     ray = import_ray()
     if ray.is_initialized():
         return lambda: None
-    addr = None if spec.address == "local" else spec.address
-    if addr not in (None, "auto"):
+    addr = spec.address  # "local": Ray's own word for a new instance here (never one a `ray start` left behind)
+    if addr not in ("local", "auto"):
         _probe(addr)
     env = {"env_vars": {"PYTHONWARNINGS": "ignore::DeprecationWarning"}}
+    local = {"include_dashboard": False} if addr == "local" else {}
     try:
-        ray.init(address=addr, runtime_env=env, logging_level=logging.WARNING, log_to_driver=False,
-                 include_dashboard=False) if addr is None else \
-            ray.init(address=addr, runtime_env=env, logging_level=logging.WARNING, log_to_driver=False)
+        ray.init(address=addr, runtime_env=env, logging_level=logging.WARNING, log_to_driver=False, **local)
     except Exception as exc:  # ConnectionError, RuntimeError, ValueError: which one depends on the address form
         raise DeployzooError(f"--cluster {spec.address}: cannot connect to a Ray cluster ({type(exc).__name__}: "
                              f"{str(exc).splitlines()[0] if str(exc) else 'no reason given'})") from None
@@ -193,6 +192,7 @@ def run_on_cluster(loaded: Any, items: list[SourceItem], *, batch: int, post: di
         ctx.enable_progress_bars = False  # predict draws its own, from the records as they arrive
         logging.getLogger("ray.data").setLevel(logging.WARNING)  # not an INFO line per dataset
         logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # nor that its bars are off
+        logging.getLogger("ray.data.exceptions").setLevel(logging.CRITICAL)  # failures: our one line says them
         eng = loaded.engine
         archive = ray.put(pack_engine(eng.dir))
         # one Ray row per engine batch of items, in source order: Ray Data may split and bundle blocks as it likes
@@ -218,7 +218,7 @@ def run_on_cluster(loaded: Any, items: list[SourceItem], *, batch: int, post: di
         workers: set[int] = set()
         engine_from: set[str] = set()
         first = driver = 0.0
-        for row in ds.iter_rows():
+        for row in _rows_or_one_line(ds, lambda: len(seen), len(items)):
             t = time.perf_counter()
             first = first or t - t0
             for pos, kind, value in pickle.loads(row["result"]):
@@ -243,6 +243,22 @@ def run_on_cluster(loaded: Any, items: list[SourceItem], *, batch: int, post: di
                 "driver_seconds": round(driver, 3)}
     finally:
         done()
+
+
+def _rows_or_one_line(ds: Any, done: Callable[[], int], total: int) -> Any:
+    """The dataset's result rows; a failure of the Ray run (an actor that cannot load the engine, a lost cluster)
+    as one line, with the worker's own error where Ray's message carries one, and what was kept."""
+    try:
+        yield from ds.iter_rows()
+    except DeployzooError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - Ray's errors come as many types; the message says which
+        text = str(exc)
+        ours = [ln.strip() for ln in text.splitlines() if "DeployzooError:" in ln]
+        why = ours[-1].split("DeployzooError:", 1)[1].strip() if ours else \
+            f"{type(exc).__name__}: {text.strip().splitlines()[0] if text.strip() else 'no reason given'}"
+        raise DeployzooError(f"--cluster: the Ray run failed: {why} ({done()} of {total} images written; "
+                             "--resume continues)") from None
 
 
 def _read(item: SourceItem) -> bytes | None:
