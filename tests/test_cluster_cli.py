@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -83,13 +84,14 @@ def ray_start(tmp_path_factory):
 
 
 def test_predict_cluster_auto_from_the_command_line(ray_start, mnet_random_fp32, image_dir, tmp_path):
+    """auto: the cluster `ray start` made here (the address file it writes)."""
     local = tmp_path / "local"
     predict(mnet_random_fp32, image_dir, local, batch=2, show_progress=False)
-    out = tmp_path / "auto"
+    out = tmp_path / "c"
     cli = [str(Path(sys.executable).with_name("deployzoo")), "predict", str(mnet_random_fp32), "--source",
            str(image_dir), "-o", str(out), "--batch", "2", "--cluster", "auto", "--workers", "2"]
-    # auto: the cluster `ray start` made here (the address file it writes)
     res = subprocess.run(cli, capture_output=True, text=True, env=ENV, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "Ray worker" in res.stdout, res.stdout
     assert (out / "predictions.jsonl").read_bytes() == (local / "predictions.jsonl").read_bytes()
+    assert json.loads((out / "summary.json").read_text())["cluster"]["address"] == "auto"

@@ -223,7 +223,7 @@ def predict(
                                  "the engine's device (torch-based backends; auto: device when on CUDA)."),
     cluster: Optional[str] = typer.Option(None, "--cluster", help="Shard the images over a Ray cluster: auto (the "
                                           "one `ray start` runs here), local (start one on this machine), "
-                                          "ray://HOST:PORT or HOST:PORT. Same outputs as without."),
+                                          "HOST:PORT (a GCS address; run on a node of the cluster). Same outputs as without."),
     workers: int = typer.Option(2, "--workers", help="(--cluster) Ray actors, each holding the engine."),
     gpus_per_worker: float = typer.Option(0.0, "--gpus-per-worker", help="(--cluster) GPUs per actor."),
     cpus_per_worker: float = typer.Option(1.0, "--cpus-per-worker", help="(--cluster) CPUs per actor."),
@@ -476,7 +476,7 @@ def run(
     plan: bool = typer.Option(False, "--plan", help=f"int8: planned within --max-drop, default {DEFAULT_MAX_DROP} "
                               "points."),
     cluster: Optional[str] = typer.Option(None, "--cluster", help="Run the accuracy pass on a Ray cluster (as predict "
-                                          "--cluster: auto | local | ray://HOST:PORT | HOST:PORT)."),
+                                          "--cluster: auto | local | HOST:PORT)."),
     workers: int = typer.Option(2, "--workers", help="(--cluster) Ray actors, each holding the engine."),
     gpus_per_worker: float = typer.Option(0.0, "--gpus-per-worker", help="(--cluster) GPUs per actor."),
     req: dict = None,  # request_options' values

@@ -45,7 +45,8 @@ ROWS_PER_BLOCK = 16  # source items per actor call at most (rounded to whole eng
 @dataclass(frozen=True)
 class ClusterSpec:
     """Where and how wide: `address` is 'auto' (the cluster `ray start` made on this machine), 'local' (a
-    one-machine Ray started for this run), 'ray://HOST:PORT' (Ray Client) or a GCS address HOST:PORT."""
+    one-machine Ray started for this run) or a GCS address HOST:PORT. This process is the driver, so it must run
+    on a node of the cluster: Ray Client (ray://) is refused, since Ray Data does not run through it."""
 
     address: str
     workers: int = 2
@@ -55,6 +56,10 @@ class ClusterSpec:
     ship_engine: bool = False  # unpack the engine from the object store even where its directory is readable
 
     def check(self) -> ClusterSpec:
+        if self.address.startswith("ray://"):
+            raise DeployzooError(f"--cluster {self.address}: Ray Data does not run through Ray Client (ray://), as Ray's "
+                                 "maintainers say (ray-project/ray#48682); run deployzoo on a node of the cluster "
+                                 "with --cluster auto, e.g. `ray job submit -- deployzoo predict ... --cluster auto`")
         if self.workers < 1:
             raise DeployzooError(f"--workers {self.workers}: expected a positive number of Ray actors")
         if self.gpus_per_worker < 0 or self.cpus_per_worker <= 0:
@@ -90,12 +95,12 @@ def connect(spec: ClusterSpec) -> Callable[[], None]:
 
 
 def _probe(address: str, timeout: float = 5.0) -> None:
-    """A TCP connect to HOST:PORT (or ray://HOST:PORT) first: ray.init waits minutes on an address where nothing
-    listens, this says so at once."""
-    hostport = address.split("://", 1)[-1].rstrip("/")
+    """A TCP connect to HOST:PORT first: ray.init waits minutes on an address where nothing listens, this says so
+    at once."""
+    hostport = address.rstrip("/")
     host, sep, port = hostport.rpartition(":")
     if not sep or not port.isdigit() or not host:
-        raise DeployzooError(f"--cluster {address}: expected auto, local, ray://HOST:PORT or HOST:PORT")
+        raise DeployzooError(f"--cluster {address}: expected auto, local or HOST:PORT")
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
     except OSError as exc:
