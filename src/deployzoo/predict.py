@@ -281,7 +281,7 @@ def _predict(engine: str | Path | Loaded, source: str | Path, out_dir: Path, *, 
     info["batch"] = batch
     info["pipeline"] = which
     if cluster is not None:
-        info["cluster"] = {"address": cluster.address, "workers": cluster.workers,
+        info["cluster"] = {"address": cluster.address, "workers_asked": cluster.workers,  # "workers": answered
                            "gpus_per_worker": cluster.gpus_per_worker, "ship_images": cluster.ship_images,
                            "ship_engine": cluster.ship_engine,
                            **cluster_stats}
