@@ -11,6 +11,15 @@ FIXTURES = REPO.parent / "shared" / "fixtures"
 MNET_WEIGHTS = FIXTURES / "retinaface" / "mobilenet0.25_Final.pth"
 
 
+def free_port() -> int:
+    """A local TCP port that nothing listens on once this returns (bound, read, closed)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def run_cli(args: list[str]) -> None:
     """Run the deployzoo CLI in-process and require success (a SystemExit other than 0 fails the test)."""
     from deployzoo.cli import main

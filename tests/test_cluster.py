@@ -18,7 +18,7 @@ import pytest
 from deployzoo.errors import DeployzooError
 from deployzoo.predict import predict
 
-from conftest import astronaut_bgr, run_cli
+from conftest import astronaut_bgr, free_port, run_cli
 
 ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'ray[data]')")
 pytest.importorskip("ray.data", reason="Ray Data is not installed (pip install 'ray[data]')")
@@ -197,11 +197,7 @@ def test_one_line_refusals(cluster, mnet_random_fp32, photos, tmp_path, monkeypa
                 cluster=ClusterSpec(cluster.address))
     with pytest.raises(DeployzooError, match="--workers 0"):
         ClusterSpec(cluster.address, workers=0).check()
-    import socket
-
-    with socket.socket() as sk:  # a port nothing listens on: refused at once, not after ray.init's minutes
-        sk.bind(("127.0.0.1", 0))
-        port = sk.getsockname()[1]
+    port = free_port()  # nothing listens there: refused at once, not after ray.init's minutes
     addr = f"127.0.0.1:{port}"
     with pytest.raises(DeployzooError, match=f"--cluster {addr}: nothing answers at 127.0.0.1:{port}"):
         predict(mnet_random_fp32, photos, tmp_path / "b", show_progress=False, cluster=ClusterSpec(addr))

@@ -17,18 +17,14 @@ import pytest
 
 from deployzoo.predict import predict
 
+from conftest import free_port
+
 pytest.importorskip("ray.data", reason="Ray Data is not installed (pip install 'ray[data]')")
 
 RAY = Path(sys.executable).with_name("ray")
 # every process of this test's cluster without Ray's token authentication (a token left in ~/.ray by another
 # Ray on this machine would otherwise be required by some of them and not others)
 ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": ""}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _start(args: list[str], log: Path) -> subprocess.Popen:
@@ -53,7 +49,7 @@ def ray_start(tmp_path_factory):
     if not RAY.is_file():
         pytest.skip(f"{RAY}: the ray command is not installed")
     logs = tmp_path_factory.mktemp("ray_logs")
-    port = _free_port()
+    port = free_port()
     head = _start(["--head", "--port", str(port), "--include-dashboard=false"], logs / "head.log")
     nodes = [head]
     try:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import FIXTURES, need_fixture
+from conftest import FIXTURES, free_port, need_fixture
 from deployzoo import weights as W
 from deployzoo.errors import DeployzooError
 from deployzoo.weights import WeightsSource, official_sources, resolve_weights
@@ -125,11 +125,7 @@ def sha(data: bytes) -> str:
 
 
 def closed_port_url(name: str = "x.pth") -> str:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()  # nothing listens there now
-    return f"http://127.0.0.1:{port}/{name}"
+    return f"http://127.0.0.1:{free_port()}/{name}"  # nothing listens there
 
 
 def cli(args: list[str], capsys) -> tuple[int, str, str]:

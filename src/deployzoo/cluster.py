@@ -37,9 +37,7 @@ import numpy as np
 from deployzoo.data.images import SourceItem
 from deployzoo.errors import DeployzooError
 
-log = logging.getLogger(__name__)
-
-ROWS_PER_BLOCK = 16  # source items per actor call at most (rounded to whole engine batches)
+ITEMS_PER_CALL = 16  # source items per actor call at most (rounded down to whole engine batches, at least one)
 
 
 @dataclass(frozen=True)
@@ -167,7 +165,7 @@ class PredictShard:
         run_batches(self.loaded, items, batch=self.batch, on_result=on_result, on_skip=on_skip, times=times,
                     workers=2, post=self.post)
         results = [pickle.dumps([(pos, *out[name]) for pos, _, name, *_ in chunk]) for chunk in chunks]
-        return {"index": rows["index"], "result": np.array(results, dtype=object),
+        return {"result": np.array(results, dtype=object),
                 "worker": np.array([os.getpid()] * len(chunks)),
                 "engine_from": np.array([self.engine_from] * len(chunks)),
                 # this call's stage seconds, on its first row only (the driver sums them over calls)
@@ -206,8 +204,8 @@ def run_on_cluster(loaded: Any, items: list[SourceItem], *, batch: int, post: di
                     i.data if i.data is not None else (_read(i) if spec.ship_images else None),
                     i.data is None and spec.ship_images)
                    for k, i in enumerate(items[c:c + batch], start=c)] for c in range(0, len(items), batch)]
-        per_call = max(1, min(ROWS_PER_BLOCK // batch, -(-len(chunks) // spec.workers)))  # batches per actor call
-        rows = [{"index": j, "chunk": pickle.dumps(chunk)} for j, chunk in enumerate(chunks)]
+        per_call = max(1, min(ITEMS_PER_CALL // batch, -(-len(chunks) // spec.workers)))  # batches per actor call
+        rows = [{"chunk": pickle.dumps(chunk)} for chunk in chunks]
         ds = ray.data.from_items(rows, override_num_blocks=max(1, -(-len(rows) // per_call)))
         ds = ds.map_batches(
             PredictShard, batch_size=per_call, batch_format="numpy",
